@@ -1,0 +1,119 @@
+"""Find, start and always stop Google's Pub/Sub emulator (the Java one from the gcloud SDK).
+
+The emulator runs the SDK's `cloud-pubsub-emulator` launcher directly (it execs
+java), in its own process group, with PR_SET_PDEATHSIG so it dies with its owner
+even when the owner is SIGKILLed. `gcloud beta emulators pubsub start` is avoided
+on purpose: ending that wrapper leaves the Java process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from broker.errors import BrokerError
+
+INSTALL_HINT = (
+    "Google's Pub/Sub emulator is not installed: run 'apt-get install google-cloud-cli-pubsub-emulator' "
+    "(needs Java 17), or set PUBSUB_EMULATOR_HOST to a running emulator"
+)
+_LAUNCHER = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+_PR_SET_PDEATHSIG = 1
+
+
+def find_launcher() -> Path:
+    """Locate the emulator launcher under the gcloud SDK, or raise BrokerError with the fix."""
+    roots = [os.environ.get("CLOUDSDK_ROOT_DIR", ""), "/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk"]
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        roots.append(str(Path(gcloud).resolve().parent.parent))
+    for root in filter(None, roots):
+        candidate = Path(root) / _LAUNCHER
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+                raise BrokerError("the Pub/Sub emulator needs Java 17: run 'apt-get install openjdk-17-jre-headless'")
+            return candidate
+    raise BrokerError(INSTALL_HINT)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: new session + SIGTERM when the parent thread dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Emulator:
+    """A running emulator on 127.0.0.1:<port>. Use as a context manager; stop() is idempotent."""
+
+    def __init__(self, port: int | None = None, start_timeout: float = 60.0, log_path: str | None = None):
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.start_timeout = start_timeout
+        self.log_path = log_path or os.path.join(tempfile.gettempdir(), f"pubsub-emulator-{self.port}.log")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Emulator:
+        launcher = find_launcher()
+        data_dir = tempfile.mkdtemp(prefix="pubsub-emulator-")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(launcher), "--host=127.0.0.1", f"--port={self.port}", f"--data-dir={data_dir}"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                tail = Path(self.log_path).read_text(errors="replace")[-300:].strip().replace("\n", " | ")
+                self.stop()
+                raise BrokerError(f"the Pub/Sub emulator exited at start (code {self.process.returncode}): {tail}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"the Pub/Sub emulator did not answer within {self.start_timeout:.0f}s")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the emulator's whole process group: SIGTERM, then SIGKILL."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # The group may outlive its leader briefly; make sure nothing in it survives.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,351 @@
+"""Pub/Sub topology and transport: the small interface the server, streamer and collector use.
+
+One function or class per operation, in the style of googleapis/python-pubsub's
+samples. Everything takes explicit names, so the same code runs against the
+emulator (PUBSUB_EMULATOR_HOST) and against a real project (Application Default
+Credentials), unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1 import types
+from google.pubsub_v1.types import DeadLetterPolicy
+
+from broker.emulator import Emulator, port_open
+from broker.errors import BrokerError
+
+log = logging.getLogger(__name__)
+EMULATOR_PROJECT = "local-project"
+# Pub/Sub's limits: 10 MB per message, 512 KB per acknowledge request (ack ids are ~200 B).
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+ACK_CHUNK = 1000
+_CALL_RETRY = Retry(initial=0.1, maximum=2.0, multiplier=2.0, timeout=20.0)
+_CALL_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Names of the topics and subscriptions one deployment uses."""
+
+    project: str
+    requests_topic: str = "requests"
+    results_topic: str = "results"
+    dead_letter_topic: str = "requests-dead-letter"
+    requests_subscription: str = "requests-server"
+    results_subscription: str = "results-collector"
+    dead_letter_subscription: str = "requests-dead-letter-sub"
+    max_delivery_attempts: int = 5
+    ack_deadline_s: int = 60
+
+    def topic(self, name: str) -> str:
+        return f"projects/{self.project}/topics/{name}"
+
+    def subscription(self, name: str) -> str:
+        return f"projects/{self.project}/subscriptions/{name}"
+
+    @property
+    def requests_topic_path(self) -> str:
+        return self.topic(self.requests_topic)
+
+    @property
+    def results_topic_path(self) -> str:
+        return self.topic(self.results_topic)
+
+    @property
+    def dead_letter_topic_path(self) -> str:
+        return self.topic(self.dead_letter_topic)
+
+    @property
+    def requests_subscription_path(self) -> str:
+        return self.subscription(self.requests_subscription)
+
+    @property
+    def results_subscription_path(self) -> str:
+        return self.subscription(self.results_subscription)
+
+    @property
+    def dead_letter_subscription_path(self) -> str:
+        return self.subscription(self.dead_letter_subscription)
+
+    def with_suffix(self, suffix: str) -> Topology:
+        """The same topology with every topic/subscription name suffixed (fresh names per run or test)."""
+        names = {f.name: f"{getattr(self, f.name)}-{suffix}" for f in dataclasses.fields(self) if f.name.endswith(("_topic", "_subscription"))}
+        return dataclasses.replace(self, **names)
+
+
+# ------------------------------------------------------------------ connect
+@contextlib.contextmanager
+def broker_session(project: str | None = None, start_timeout: float = 60.0) -> Iterator[str]:
+    """Yield the project to use, starting (and finally stopping) an emulator if needed.
+
+    - PUBSUB_EMULATOR_HOST set: that emulator is used as is.
+    - a project given (or GOOGLE_CLOUD_PROJECT) and no emulator host: real Pub/Sub with ADC.
+    - neither: Google's emulator is started on a free port for the duration.
+    """
+    if os.environ.get("PUBSUB_EMULATOR_HOST"):
+        check_reachable(project or EMULATOR_PROJECT)
+        yield project or EMULATOR_PROJECT
+        return
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if project:
+        check_reachable(project)
+        yield project
+        return
+    with Emulator(start_timeout=start_timeout) as emulator:
+        os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+        try:
+            check_reachable(EMULATOR_PROJECT)
+            yield EMULATOR_PROJECT
+        finally:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+
+
+def check_reachable(project: str, timeout: float = 15.0) -> None:
+    """Fail fast, with one clear line, when the broker cannot be reached."""
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if host:
+        name, _, port = host.rpartition(":")
+        if not port.isdigit() or not port_open(name or "127.0.0.1", int(port), timeout=2.0):
+            raise BrokerError(
+                f"no Pub/Sub emulator answers at PUBSUB_EMULATOR_HOST={host}: start one "
+                "('gcloud beta emulators pubsub start') or unset the variable to let the tools start it"
+            )
+    publisher = pubsub_v1.PublisherClient()
+    try:
+        retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout)
+        list(publisher.list_topics(request={"project": f"projects/{project}", "page_size": 1}, retry=retry, timeout=timeout))
+    except gexc.GoogleAPICallError as err:
+        raise BrokerError(f"Pub/Sub at {host or 'pubsub.googleapis.com'} is unreachable for project {project}: {_short(err)}") from None
+    except Exception as err:  # auth errors come as google.auth exceptions
+        raise BrokerError(f"cannot talk to Pub/Sub for project {project}: {_short(err)}") from None
+    finally:
+        publisher.transport.close()
+
+
+def _short(err: Exception) -> str:
+    return str(err).splitlines()[0][:200]
+
+
+# ----------------------------------------------------------------- topology
+def create_topic(publisher: pubsub_v1.PublisherClient, path: str) -> None:
+    with contextlib.suppress(gexc.AlreadyExists):
+        publisher.create_topic(request={"name": path}, retry=_CALL_RETRY, timeout=_CALL_TIMEOUT)
+
+
+def create_subscription(subscriber: pubsub_v1.SubscriberClient, path: str, topic: str, **options) -> None:
+    with contextlib.suppress(gexc.AlreadyExists):
+        subscriber.create_subscription(
+            request={"name": path, "topic": topic, **options}, retry=_CALL_RETRY, timeout=_CALL_TIMEOUT
+        )
+
+
+def ensure_topology(topo: Topology) -> None:
+    """Create the topics and subscriptions if missing (idempotent)."""
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    try:
+        for topic in (topo.requests_topic_path, topo.results_topic_path, topo.dead_letter_topic_path):
+            create_topic(publisher, topic)
+        create_subscription(
+            subscriber, topo.requests_subscription_path, topo.requests_topic_path,
+            enable_message_ordering=True,
+            ack_deadline_seconds=topo.ack_deadline_s,
+            dead_letter_policy=DeadLetterPolicy(
+                dead_letter_topic=topo.dead_letter_topic_path, max_delivery_attempts=topo.max_delivery_attempts
+            ),
+        )
+        create_subscription(
+            subscriber, topo.results_subscription_path, topo.results_topic_path,
+            enable_message_ordering=True, ack_deadline_seconds=topo.ack_deadline_s,
+        )
+        create_subscription(subscriber, topo.dead_letter_subscription_path, topo.dead_letter_topic_path)
+    except gexc.GoogleAPICallError as err:
+        raise BrokerError(f"could not create the Pub/Sub topology: {_short(err)}") from None
+    finally:
+        publisher.transport.close()
+        subscriber.close()
+
+
+def delete_topology(topo: Topology) -> None:
+    """Remove everything ensure_topology made (tests and benchmarks clean up after themselves)."""
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    try:
+        for sub in (topo.requests_subscription_path, topo.results_subscription_path, topo.dead_letter_subscription_path):
+            with contextlib.suppress(gexc.NotFound):
+                subscriber.delete_subscription(request={"subscription": sub}, timeout=_CALL_TIMEOUT)
+        for topic in (topo.requests_topic_path, topo.results_topic_path, topo.dead_letter_topic_path):
+            with contextlib.suppress(gexc.NotFound):
+                publisher.delete_topic(request={"topic": topic}, timeout=_CALL_TIMEOUT)
+    finally:
+        publisher.transport.close()
+        subscriber.close()
+
+
+# ---------------------------------------------------------------- publishing
+@dataclasses.dataclass(frozen=True)
+class PublishSettings:
+    """Explicit batching and BLOCK flow control, so memory stays bounded at any rate."""
+
+    max_messages: int = 500
+    max_bytes: int = 4 * 1024 * 1024
+    max_latency_s: float = 0.005
+    flow_messages: int = 5000
+    flow_bytes: int = 64 * 1024 * 1024
+
+
+class Publisher:
+    """An ordered publisher for one topic that never leaves an ordering key paused.
+
+    python-pubsub pauses an ordering key after a failed publish and rejects every
+    later publish on it until resume_publish() is called (googleapis/python-pubsub#1084).
+    A failed publish here resumes its key at once; the caller sees the failed future
+    and decides what to redo (the server nacks, so the request is redelivered).
+    """
+
+    def __init__(self, topic_path: str, settings: PublishSettings = PublishSettings(), ordering: bool = True):
+        self.topic_path = topic_path
+        self.client = pubsub_v1.PublisherClient(
+            batch_settings=types.BatchSettings(
+                max_messages=settings.max_messages, max_bytes=settings.max_bytes, max_latency=settings.max_latency_s
+            ),
+            publisher_options=types.PublisherOptions(
+                enable_message_ordering=ordering,
+                flow_control=types.PublishFlowControl(
+                    message_limit=settings.flow_messages,
+                    byte_limit=settings.flow_bytes,
+                    limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK,
+                ),
+            ),
+        )
+
+    def publish(self, data: bytes, ordering_key: str = "", **attributes: str) -> Future:
+        try:
+            future = self.client.publish(self.topic_path, data, ordering_key=ordering_key, **attributes)
+        except RuntimeError:  # the key was paused by an earlier failure that raced with us
+            self.client.resume_publish(self.topic_path, ordering_key)
+            future = self.client.publish(self.topic_path, data, ordering_key=ordering_key, **attributes)
+        if ordering_key:
+            future.add_done_callback(lambda f, key=ordering_key: self._resume_if_failed(f, key))
+        return future
+
+    def _resume_if_failed(self, future: Future, key: str) -> None:
+        if future.exception() is not None:
+            log.warning("publish on ordering key %s failed (%s); resuming the key", key, _short(future.exception()))
+            self.client.resume_publish(self.topic_path, key)
+
+    def close(self) -> None:
+        """Flush what is batched and stop the background threads."""
+        self.client.stop()
+
+
+# ------------------------------------------------------------ unary pulling
+@dataclasses.dataclass(slots=True)
+class Received:
+    """One pulled message. `attributes` is the raw protobuf map (read-only use)."""
+
+    ack_id: str
+    data: bytes
+    attributes: Mapping[str, str]
+    delivery_attempt: int
+    message_id: str
+    ordering_key: str
+
+
+class Puller:
+    """Unary pull of up to `max_messages` at a time, with batched acknowledge.
+
+    Streaming pull costs one callback and one ack RPC per message in the Python
+    client; unary pull + batched acks moves that cost from per-message to per-batch.
+    """
+
+    def __init__(self, subscription_path: str, max_messages: int = 1000):
+        self.subscription_path = subscription_path
+        self.max_messages = max_messages
+        self.client = pubsub_v1.SubscriberClient()
+
+    def pull(self, max_messages: int | None = None, timeout: float = 2.0) -> list[Received]:
+        """Messages available now (possibly none); raises BrokerError if the broker is gone."""
+        request = {"subscription": self.subscription_path, "max_messages": max_messages or self.max_messages}
+        try:
+            response = self.client.pull(request=request, timeout=timeout, retry=None)
+        except gexc.DeadlineExceeded:
+            return []
+        except (gexc.ServiceUnavailable, gexc.NotFound, gexc.PermissionDenied) as err:
+            raise BrokerError(f"pull from {self.subscription_path} failed: {_short(err)}") from None
+        return [
+            Received(m.ack_id, m.message.data, m.message.attributes, m.delivery_attempt, m.message.message_id, m.message.ordering_key)
+            for m in response._pb.received_messages  # raw protobuf: no proto-plus wrapping per message
+        ]
+
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        for chunk in _chunks(ack_ids):
+            self.client.acknowledge(request={"subscription": self.subscription_path, "ack_ids": chunk}, retry=_CALL_RETRY, timeout=_CALL_TIMEOUT)
+
+    def modify_deadline(self, ack_ids: Sequence[str], seconds: int) -> None:
+        """seconds=0 is a nack: the messages are redelivered at once (to any replica)."""
+        for chunk in _chunks(ack_ids):
+            self.client.modify_ack_deadline(
+                request={"subscription": self.subscription_path, "ack_ids": chunk, "ack_deadline_seconds": seconds},
+                retry=_CALL_RETRY, timeout=_CALL_TIMEOUT,
+            )
+
+    def nack(self, ack_ids: Sequence[str]) -> None:
+        self.modify_deadline(ack_ids, 0)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
+    items = list(items)
+    for start in range(0, len(items), ACK_CHUNK):
+        yield items[start : start + ACK_CHUNK]
+
+
+# -------------------------------------------------------- streaming pulling
+class Subscription:
+    """Streaming pull with bounded flow control, for low-volume consumers (the collector).
+
+    The callback gets (data, attributes, ack, nack) and must call ack() only once
+    whatever it did with the message is durable.
+    """
+
+    def __init__(self, subscription_path: str, callback: Callable, max_messages: int = 1000):
+        self.client = pubsub_v1.SubscriberClient()
+        flow = types.FlowControl(max_messages=max_messages, max_bytes=64 * 1024 * 1024)
+        self.future = self.client.subscribe(subscription_path, callback=callback, flow_control=flow)
+        self.stopped = threading.Event()
+
+    def error(self) -> BaseException | None:
+        """The stream's fatal error, if it ended by itself."""
+        if self.future.done() and not self.future.cancelled():
+            return self.future.exception()
+        return None
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.future.cancel()
+        with contextlib.suppress(Exception):
+            self.future.result(timeout=timeout)
+        self.client.close()
+
+
+def pull_all(subscription_path: str, timeout: float = 2.0) -> list[Received]:
+    """Drain a subscription (e.g. the dead-letter one) and ack everything; for tests and reports."""
+    puller, out = Puller(subscription_path), []
+    try:
+        while batch := puller.pull(timeout=timeout):
+            out.extend(batch)
+            puller.ack([m.ack_id for m in batch])
+    finally:
+        puller.close()
+    return out

@@ -1,0 +1,1 @@
+"""The inference server: Pub/Sub requests in, batched jitted predictions out."""

@@ -1,0 +1,96 @@
+"""The Flax NNX CNN and the pure predict function the server jits.
+
+Pixels enter as uint8 (N, H, W, C); normalisation happens inside the model so
+every caller (training, evaluation, server, local predict) feeds identical bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Fashion-MNIST training-set pixel statistics (on the 0..1 scale).
+PIXEL_MEAN = 0.2860
+PIXEL_STD = 0.3530
+
+
+class ConvBlock(nnx.Module):
+    """`convs` × (3×3 conv → BatchNorm → ReLU), then 2×2 max-pool and dropout."""
+
+    def __init__(self, in_ch: int, out_ch: int, convs: int, dropout: float, *, rngs: nnx.Rngs):
+        chans = [in_ch] + [out_ch] * convs
+        self.convs = nnx.List(
+            [nnx.Conv(a, b, (3, 3), padding="SAME", use_bias=False, rngs=rngs) for a, b in zip(chans, chans[1:])]
+        )
+        self.norms = nnx.List([nnx.BatchNorm(out_ch, momentum=0.9, rngs=rngs) for _ in range(convs)])
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for conv, norm in zip(self.convs, self.norms):
+            x = nnx.relu(norm(conv(x)))
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        return self.dropout(x)
+
+
+class CNN(nnx.Module):
+    """conv-BN blocks with pooling, then a dropout-regularised dense head."""
+
+    def __init__(
+        self,
+        *,
+        input_shape: Sequence[int],
+        num_classes: int,
+        widths: Sequence[int] = (32, 64),
+        convs_per_block: int = 2,
+        dense: int = 256,
+        dropout_conv: float = 0.1,
+        dropout_dense: float = 0.4,
+        rngs: nnx.Rngs,
+    ):
+        height, width, channels = input_shape
+        chans = [channels, *widths]
+        self.blocks = nnx.List(
+            [ConvBlock(a, b, convs_per_block, dropout_conv, rngs=rngs) for a, b in zip(chans, chans[1:])]
+        )
+        scale = 2 ** len(widths)
+        flat = (height // scale) * (width // scale) * widths[-1]
+        self.hidden = nnx.Linear(flat, dense, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout_dense, rngs=rngs)
+        self.head = nnx.Linear(dense, num_classes, rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """uint8 or float pixels in 0..255, shape (N, H, W, C) → logits (N, classes)."""
+        x = (images.astype(jnp.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+        for block in self.blocks:
+            x = block(x)
+        x = x.reshape(x.shape[0], -1)
+        x = self.dropout(nnx.relu(self.hidden(x)))
+        return self.head(x)
+
+
+def build_model(model_config: dict, input_shape: Sequence[int], num_classes: int, seed: int = 0) -> CNN:
+    """Build a CNN from the `model` section of a config."""
+    return CNN(input_shape=tuple(input_shape), num_classes=num_classes, rngs=nnx.Rngs(seed), **model_config)
+
+
+def count_params(model: nnx.Module) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def make_predict_fn(model: CNN) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
+    """Split an eval-mode model once and return (jitted predict(state, uint8) -> probs, state).
+
+    A plain `jax.jit` over the split state avoids nnx.jit's per-call Python
+    graph traversal, which matters on the serving hot path.
+    """
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def predict(state: nnx.State, images: jax.Array) -> jax.Array:
+        return jax.nn.softmax(nnx.merge(graphdef, state)(images), axis=-1)
+
+    return predict, state
