@@ -9,7 +9,7 @@ Request  = Pub/Sub message
                 sent_ns (UNIX ns at send), stream, seq
     ordering key = stream
 Result   = Pub/Sub message, one per (server batch, stream)
-    data        {"v":1, "model": <digest>, "results": [<result>, ...]}
+    data        {"v":1, "model": <digest>, "replica": <host:pid>, "results": [<result>, ...]}
     attributes  v=1, count, model
     ordering key = stream
 """
@@ -127,8 +127,8 @@ def error(request_id: str | None, stream: str, seq: int | None, sent_ns: int | N
             "detail": detail[:300], "message_id": message_id}
 
 
-def encode_results(results: Sequence[dict], model: str) -> tuple[bytes, dict[str, str]]:
-    body = {"v": int(WIRE_VERSION), "model": model, "results": list(results)}
+def encode_results(results: Sequence[dict], model: str, replica: str = "") -> tuple[bytes, dict[str, str]]:
+    body = {"v": int(WIRE_VERSION), "model": model, "replica": replica, "results": list(results)}
     data = json.dumps(body, separators=(",", ":")).encode()
     return data, {"v": WIRE_VERSION, "count": str(len(results)), "model": model}
 

@@ -16,6 +16,8 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -185,6 +187,7 @@ class InferenceServer:
             PublishSettings(max_messages=settings.publish_max_messages, max_latency_s=settings.publish_max_latency_ms / 1000),
         )
         self.acker = Acker(self.puller, self)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.window = collections.deque(maxlen=100_000)  # (t_done, n, in-server seconds) for the log line
         metrics.MODEL.info({"digest": self.model.identity, "dataset": str(self.model.meta.get("dataset"))})
 
@@ -301,7 +304,7 @@ class InferenceServer:
             entry[0].append(result)
             entry[1].append(p.msg.ack_id)
         for stream, (group, ack_ids) in groups.items():
-            data, attributes = wire.encode_results(group, self.model.identity)
+            data, attributes = wire.encode_results(group, self.model.identity, self.replica)
             try:
                 future = self.publisher.publish(data, stream, **attributes)
             except Exception as err:  # e.g. publisher stopped: let the requests be redelivered

@@ -1,0 +1,298 @@
+"""The collector: subscribes to results, deduplicates, joins ground truth, aggregates.
+
+Pub/Sub is at-least-once, so results are deduplicated by request id and the
+duplicates counted. Labels never travel: the ground truth is joined here, by the
+image index encoded in the request id (`<run_id>-<index>`).
+
+Progress can survive the process (issue: collector restart): with a state file,
+received results are written to it *before* their messages are acked, so a
+restarted collector resumes from the file plus whatever Pub/Sub redelivers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from broker import wire
+from broker.pubsub import Subscription
+
+log = logging.getLogger("collector")
+PERCENTILES = (50, 90, 95, 99)
+
+
+class Collector:
+    """Thread-safe accumulation of one run's results (indices 0..n-1 of a dataset)."""
+
+    def __init__(self, run_id: str, labels: np.ndarray, class_names: list[str], state_file: str | None = None):
+        n = len(labels)
+        self.run_id, self.labels, self.class_names = run_id, np.asarray(labels), list(class_names)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.answered = np.zeros(n, bool)
+        self.prediction = np.full(n, -1, np.int16)
+        self.confidence = np.zeros(n, np.float32)
+        self.latency_ms = np.full(n, np.nan)
+        self.queue_ms = np.full(n, np.nan)
+        self.compute_ms = np.full(n, np.nan)
+        self.batch_size = np.zeros(n, np.int32)
+        self.received_s = np.full(n, np.nan)  # time.time() at receipt
+        self.stream = [""] * n
+        self.seq = np.full(n, -1, np.int64)
+        self.errors: dict[int | str, dict] = {}
+        self.duplicates = self.stray = self.ordering_violations = 0
+        self.last_seq: dict[str, int] = {}
+        self.violations_by_stream: dict[str, int] = {}
+        self.models: set[str] = set()
+        self.state_file = Path(state_file) if state_file else None
+        self.pending_acks: list = []
+        self.on_progress = None  # callable(n_new) for progress bars
+        if self.state_file and self.state_file.is_file():
+            self._load_state()
+
+    # ------------------------------------------------------------ receive
+    def index_of(self, request_id: str | None) -> int | None:
+        prefix = f"{self.run_id}-"
+        if not request_id or not request_id.startswith(prefix):
+            return None
+        tail = request_id[len(prefix) :]
+        return int(tail) if tail.isdigit() and int(tail) < len(self.labels) else None
+
+    def add_message(self, data: bytes, received_s: float | None = None) -> int:
+        """Record one result message; returns how many new requests it answered."""
+        received_s = received_s or time.time()
+        try:
+            model, results = wire.decode_results(data)
+        except wire.WireError as err:
+            log.warning("undecodable result message: %s", err)
+            with self.lock:
+                self.stray += 1
+            return 0
+        new = 0
+        with self.lock:
+            self.models.add(model)
+            for result in results:
+                new += self._add_result(result, received_s)
+            if self.answered.all():
+                self.done.set()
+        if new and self.on_progress:
+            self.on_progress(new)
+        return new
+
+    def _add_result(self, r: dict, received_s: float) -> int:
+        i = self.index_of(r.get("request_id"))
+        if "error" in r:
+            key = i if i is not None else f"{r.get('request_id')}/{r.get('message_id')}"
+            if key in self.errors:
+                self.duplicates += 1
+                return 0
+            self.errors[key] = {k: r.get(k) for k in ("request_id", "error", "detail", "stream", "seq")}
+            if i is not None and not self.answered[i]:
+                self.answered[i] = True  # answered, with an error
+                return 1
+            return 0
+        if i is None:
+            self.stray += 1
+            return 0
+        if self.answered[i]:
+            self.duplicates += 1
+            return 0
+        stream, seq = str(r.get("stream", "")), int(r.get("seq", -1))
+        if seq < self.last_seq.get(stream, -1):
+            self.ordering_violations += 1
+            self.violations_by_stream[stream] = self.violations_by_stream.get(stream, 0) + 1
+        self.last_seq[stream] = max(seq, self.last_seq.get(stream, -1))
+        timing = r.get("timing") or {}
+        self.answered[i] = True
+        self.prediction[i] = int(r["label"])
+        self.confidence[i] = float(r["confidence"])
+        self.latency_ms[i] = (received_s * 1e9 - int(r.get("sent_ns") or 0)) / 1e6 if r.get("sent_ns") else np.nan
+        self.queue_ms[i] = timing.get("queue_ms", np.nan)
+        self.compute_ms[i] = timing.get("compute_ms", np.nan)
+        self.batch_size[i] = timing.get("batch_size", 0)
+        self.received_s[i] = received_s
+        self.stream[i], self.seq[i] = stream, seq
+        return 1
+
+    # --------------------------------------------------------- subscribing
+    def subscribe(self, subscription_path: str) -> Subscription:
+        """Streaming pull of result messages; acks once recorded (and persisted, with a state file)."""
+
+        def callback(message) -> None:
+            self.add_message(message.data)
+            if self.state_file:
+                with self.lock:
+                    self.pending_acks.append(message)
+            else:
+                message.ack()
+
+        sub = Subscription(subscription_path, callback)
+        if self.state_file:
+            threading.Thread(target=self._persist_loop, args=(sub,), name="collector-state", daemon=True).start()
+        return sub
+
+    def _persist_loop(self, sub: Subscription, period: float = 0.5) -> None:
+        while sub.error() is None and not sub.future.cancelled():
+            time.sleep(period)
+            self.flush_state()
+
+    def flush_state(self) -> None:
+        """Write the state file atomically, then ack what it now covers."""
+        with self.lock:
+            acks, self.pending_acks = self.pending_acks, []
+            state = self._state_dict()
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_file)
+        for message in acks:
+            message.ack()
+
+    def _state_dict(self) -> dict:
+        idx = np.flatnonzero(self.answered & (self.prediction >= 0))
+        return {
+            "run_id": self.run_id, "n": len(self.labels),
+            "answered": idx.tolist(), "prediction": self.prediction[idx].tolist(),
+            "confidence": self.confidence[idx].tolist(), "latency_ms": _nan_to_none(self.latency_ms[idx]),
+            "queue_ms": _nan_to_none(self.queue_ms[idx]), "compute_ms": _nan_to_none(self.compute_ms[idx]),
+            "batch_size": self.batch_size[idx].tolist(), "received_s": _nan_to_none(self.received_s[idx]),
+            "stream": [self.stream[i] for i in idx], "seq": self.seq[idx].tolist(),
+            "errors": [[k, v] for k, v in self.errors.items()], "duplicates": self.duplicates, "stray": self.stray,
+            "ordering_violations": self.ordering_violations, "violations_by_stream": self.violations_by_stream,
+            "last_seq": self.last_seq, "models": sorted(self.models),
+        }
+
+    def _load_state(self) -> None:
+        s = json.loads(self.state_file.read_text())
+        if s["run_id"] != self.run_id or s["n"] != len(self.labels):
+            raise ValueError(f"state file {self.state_file} belongs to run {s['run_id']}, not {self.run_id}")
+        idx = np.asarray(s["answered"], int)
+        self.answered[idx] = True
+        self.prediction[idx] = s["prediction"]
+        self.confidence[idx] = s["confidence"]
+        for name in ("latency_ms", "queue_ms", "compute_ms", "received_s"):
+            getattr(self, name)[idx] = np.array(s[name], float)
+        self.batch_size[idx] = s["batch_size"]
+        self.seq[idx] = s["seq"]
+        for i, stream in zip(idx, s["stream"]):
+            self.stream[i] = stream
+        for key, value in s["errors"]:
+            self.errors[key] = value
+            if isinstance(key, int):
+                self.answered[key] = True
+        self.duplicates, self.stray = s["duplicates"], s["stray"]
+        self.ordering_violations, self.violations_by_stream = s["ordering_violations"], s["violations_by_stream"]
+        self.last_seq, self.models = s["last_seq"], set(s["models"])
+        log.info("resumed from %s: %d results already collected", self.state_file, len(idx))
+
+    # ---------------------------------------------------------- summarise
+    def count_answered(self) -> int:
+        with self.lock:
+            return int(self.answered.sum())
+
+    def wait(self, timeout: float) -> bool:
+        return self.done.wait(timeout)
+
+    def summary(self, run: dict, sent_s: np.ndarray | None = None, dead_lettered: int = 0) -> dict:
+        """Every figure of the report (see streamer/report.py for how it is shown)."""
+        with self.lock:
+            ok = self.answered & (self.prediction >= 0)
+            idx = np.flatnonzero(ok)
+            y, p = self.labels[idx], self.prediction[idx].astype(int)
+            k = len(self.class_names)
+            confusion = np.zeros((k, k), int)
+            np.add.at(confusion, (y, p), 1)
+            missing = np.flatnonzero(~self.answered)
+            t0 = float(np.nanmin(sent_s)) if sent_s is not None and len(sent_s) else float(np.nanmin(self.received_s[idx])) if len(idx) else 0.0
+            last = float(np.nanmax(self.received_s[idx])) if len(idx) else t0
+            span = max(last - t0, 1e-9)
+            return {
+                "run": run,
+                "model": {"identity": sorted(self.models)[0] if len(self.models) == 1 else ",".join(sorted(self.models)), "seen": sorted(self.models)},
+                "class_names": self.class_names,
+                "counts": {
+                    "sent": len(self.labels), "answered": int(self.answered.sum()), "correct": int((y == p).sum()),
+                    "errors": len(self.errors), "duplicates": self.duplicates, "missing": int(len(missing)),
+                    "dead_lettered": dead_lettered, "stray": self.stray,
+                },
+                "accuracy": float((y == p).mean()) if len(idx) else None,
+                "per_class": per_class_metrics(confusion, self.class_names),
+                "confusion": confusion.tolist(),
+                "latency_ms": stats(self.latency_ms[idx], with_min_max=True),
+                "server": {
+                    "queue_ms": stats(self.queue_ms[idx]), "compute_ms": stats(self.compute_ms[idx]),
+                    "batch_size_hist": {str(b): int(c) for b, c in zip(*np.unique(self.batch_size[idx], return_counts=True))},
+                    "mean_batch_size": float(self.batch_size[idx].mean()) if len(idx) else None,
+                },
+                "throughput": {
+                    "img_per_s": len(idx) / span if len(idx) else 0.0,
+                    "first_publish_to_last_result_s": span,
+                    "timeline": timeline(self.received_s[idx] - t0),
+                    **({"published_timeline": timeline(sent_s - t0)} if sent_s is not None else {}),
+                },
+                "ordering": {"violations": self.ordering_violations, "by_stream": dict(self.violations_by_stream)},
+                "errors": list(self.errors.values())[:1000],
+                "error_reasons": _count(e.get("error") for e in self.errors.values()),
+                "missing": [f"{self.run_id}-{i}" for i in missing[:1000]],
+                "predictions": [
+                    {"index": int(i), "request_id": f"{self.run_id}-{i}", "stream": self.stream[i], "seq": int(self.seq[i]),
+                     "label": int(self.labels[i]), "prediction": int(self.prediction[i]),
+                     "confidence": round(float(self.confidence[i]), 6), "latency_ms": _round(self.latency_ms[i])}
+                    for i in idx
+                ],
+            }
+
+
+def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> list[dict]:
+    """Accuracy (= recall), precision, recall and F1 per class from the confusion matrix."""
+    tp = np.diag(confusion).astype(float)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), np.nan)
+    return [
+        {"class": name, "support": int(support[c]), "accuracy": _round(recall[c]), "precision": _round(precision[c]),
+         "recall": _round(recall[c]), "f1": _round(f1[c])}
+        for c, name in enumerate(class_names)
+    ]
+
+
+def stats(values: np.ndarray, with_min_max: bool = False) -> dict:
+    v = np.asarray(values, float)
+    v = v[~np.isnan(v)]
+    out = {f"p{q}": _round(np.percentile(v, q)) if len(v) else None for q in PERCENTILES}
+    out["mean"] = _round(v.mean()) if len(v) else None
+    if with_min_max:
+        out["min"], out["max"] = (_round(v.min()), _round(v.max())) if len(v) else (None, None)
+    return out
+
+
+def timeline(seconds: np.ndarray) -> list[list[int]]:
+    """[[second, events in that second], ...] from event times relative to the run's start."""
+    s = np.asarray(seconds, float)
+    s = s[~np.isnan(s)]
+    if not len(s):
+        return []
+    counts = np.bincount(np.floor(np.maximum(s, 0)).astype(int))
+    return [[int(t), int(c)] for t, c in enumerate(counts)]
+
+
+def _round(x, digits: int = 4):
+    return None if x is None or np.isnan(x) else round(float(x), digits)
+
+
+def _nan_to_none(values: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out

@@ -1,0 +1,324 @@
+"""One-command evaluation: broker + managed server + streamer + collector + report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import datetime
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from broker import wire
+from broker.errors import BrokerError
+from broker.pubsub import Puller, Topology, broker_session, ensure_topology, pull_all
+from configs import load_config
+from streamer.collector import Collector
+from streamer.stream import make_publisher, publish_dataset, request_for
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
+from train.data import FASHION_MNIST_CLASSES, DatasetError, load_fashion_mnist, load_image
+
+log = logging.getLogger("streamer")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class RunError(Exception):
+    """A run could not complete; one clear line for the user."""
+
+
+def topology_from(config, project: str, suffix: str = "") -> Topology:
+    b = config.broker
+    topo = Topology(
+        project=project, requests_topic=b.requests_topic, results_topic=b.results_topic,
+        dead_letter_topic=b.dead_letter_topic, requests_subscription=b.requests_subscription,
+        results_subscription=b.results_subscription, dead_letter_subscription=b.dead_letter_subscription,
+        max_delivery_attempts=b.max_delivery_attempts, ack_deadline_s=b.ack_deadline_s,
+    )
+    return topo.with_suffix(suffix) if suffix else topo
+
+
+# --------------------------------------------------------------- server child
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def managed_server(args, replicas: int, ready_timeout: float = 180.0) -> Iterator[subprocess.Popen]:
+    """Start `python -m server` (N replicas) as a child, wait for every 'server ready', always stop it."""
+    cmd = [sys.executable, "-m", "server", "--replicas", str(replicas)]
+    for flag in ("config", "model", "topic_suffix", "project"):
+        if getattr(args, flag, None):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if getattr(args, "server_args", None):
+        cmd += args.server_args
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{os.getpid()}.log"
+    with open(log_path, "wb") as server_log:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, cwd=REPO,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+    try:
+        wait_ready(proc, replicas, ready_timeout, log_path)
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def wait_ready(proc: subprocess.Popen, replicas: int, timeout: float, log_path: Path) -> None:
+    ready = threading.Semaphore(0)
+
+    def read_stdout() -> None:
+        for line in proc.stdout:
+            if line.startswith("server ready"):
+                log.info(line.strip())
+                ready.release()
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    for _ in range(replicas):
+        while not ready.acquire(timeout=0.2):
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise RunError(f"the server exited during start-up (code {proc.returncode}): {tail[0]}")
+            if time.monotonic() > deadline:
+                raise RunError(f"the server was not ready within {timeout:.0f}s (log: {log_path})")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """SIGTERM (graceful drain), then SIGKILL the group if it does not exit in time."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("server did not stop within %.0fs; killing it", timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
+    return proc.returncode
+
+
+# ------------------------------------------------------------------ the run
+async def stream_and_collect(args, config, topo: Topology, run_id: str) -> dict:
+    """Publish the test set, collect every result, return the report summary."""
+    s = config.streamer
+    data = load_fashion_mnist("test", s.limit or None)
+    content_type = wire.PNG if s.content_type == "png" else wire.RAW
+    collector = Collector(run_id, data.labels, list(data.class_names), config.collector.state_file or None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    published_bar = tqdm(total=len(data), desc="published", unit="img", position=0, dynamic_ncols=True)
+    received_bar = tqdm(total=len(data), desc="received ", unit="img", position=1, dynamic_ncols=True)
+    received_bar.update(collector.count_answered())
+    collector.on_progress = received_bar.update
+    subscription = collector.subscribe(topo.results_subscription_path)
+    publisher = make_publisher(topo.requests_topic_path, s.publish_max_messages, s.publish_max_latency_ms, s.publish_flow_messages)
+    started = time.time()
+    sent_s = None
+    try:
+        publishing = asyncio.create_task(
+            publish_dataset(publisher, data.images, run_id, s.rate, s.streams, content_type, published_bar.update, stop)
+        )
+        sent_s = await wait_for_results(collector, publishing, subscription, stop, config.collector, args)
+    finally:
+        published_bar.close()
+        received_bar.close()
+        publisher.close()
+        subscription.close()
+        if config.collector.state_file:
+            collector.flush_state()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    finished = time.time()
+    dead = len(pull_all(topo.dead_letter_subscription_path, timeout=1.0))
+    achieved = _achieved_rate(sent_s)
+    run = {
+        "run_id": run_id,
+        "started_at": _iso(started), "finished_at": _iso(finished), "wall_s": round(finished - started, 2),
+        "rate_target": s.rate, "rate_achieved": achieved, "streams": s.streams, "limit": len(data),
+        "replicas": config.server.replicas, "server_mode": args.server, "content_type": s.content_type,
+        "broker": f"emulator {os.environ['PUBSUB_EMULATOR_HOST']}" if os.environ.get("PUBSUB_EMULATOR_HOST") else f"project {topo.project}",
+        "versions": _versions(),
+        "interrupted": stop.is_set(),
+    }
+    return collector.summary(run, sent_s, dead_lettered=dead)
+
+
+async def wait_for_results(collector: Collector, publishing: asyncio.Task, subscription, stop: asyncio.Event, cfg, args):
+    """Until every request is answered, the timeout expires, or the user interrupts."""
+    deadline = time.monotonic() + cfg.timeout_s
+    last_progress, last_count = time.monotonic(), -1
+    sent_s = None
+    while not stop.is_set():
+        if publishing.done() and sent_s is None:
+            sent_s = publishing.result()  # raises if publishing failed
+        if collector.done.is_set():
+            break
+        if (err := subscription.error()) is not None:
+            raise BrokerError(f"the results subscription failed: {str(err).splitlines()[0]}")
+        count = collector.count_answered()
+        if count != last_count:
+            last_progress, last_count = time.monotonic(), count
+        now = time.monotonic()
+        if now > deadline or (publishing.done() and now - last_progress > cfg.idle_timeout_s):
+            log.warning("timed out waiting for results (%d/%d answered)", count, len(collector.labels))
+            break
+        await asyncio.sleep(0.05)
+    if not publishing.done():
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
+    elif sent_s is None:
+        sent_s = publishing.result()
+    return sent_s
+
+
+def _achieved_rate(sent_s) -> float | None:
+    if sent_s is None:
+        return None
+    s = sent_s[~np.isnan(sent_s)]
+    return round((len(s) - 1) / (s.max() - s.min()), 2) if len(s) > 1 and s.max() > s.min() else None
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("jax", "flax", "google-cloud-pubsub", "numpy")}
+
+
+def verify_offline(summary: dict, model_dir) -> dict:
+    """Compare every streamed prediction with the offline evaluation of the same checkpoint."""
+    from train.evaluate import evaluate_model
+
+    report = evaluate_model(model_dir, summary["run"]["limit"])
+    offline = report["predictions"]
+    streamed = {p["index"]: p["prediction"] for p in summary["predictions"]}
+    mismatches = [i for i, pred in streamed.items() if offline[i] != pred]
+    return {
+        "model": report["model_digest"][:16], "offline_accuracy": report["accuracy"],
+        "compared": len(streamed), "agree": len(streamed) - len(mismatches), "mismatches": mismatches[:100],
+        "identical": not mismatches and len(streamed) == len(offline),
+    }
+
+
+# -------------------------------------------------------------- entry points
+def run(args, config) -> int:
+    """The whole evaluation; returns the exit code."""
+    from streamer.report import render_terminal, write_report
+
+    run_id = args.run_id or uuid.uuid4().hex[:8]
+    with broker_session(config.broker.project or None) as project:
+        topo = topology_from(config, project, args.topic_suffix)
+        ensure_topology(topo)
+        with managed_server(args, config.server.replicas) if args.server == "managed" else contextlib.nullcontext():
+            summary = asyncio.run(stream_and_collect(args, config, topo, run_id))
+    model_dir = config.model_dir or DEFAULT_MODEL_DIR
+    if args.verify and summary["counts"]["answered"]:
+        summary["offline"] = verify_offline(summary, model_dir)
+    out_dir = Path(config.collector.reports_dir) / (time.strftime("%Y%m%d-%H%M%S") + f"-{run_id}")
+    write_report(summary, out_dir)
+    print(render_terminal(summary, out_dir))
+    complete = summary["counts"]["missing"] == 0 and not summary["run"]["interrupted"]
+    return 0 if complete else 1
+
+
+def run_single(args, config) -> int:
+    """Send one image through the broker and print its predicted label and confidence."""
+    if args.image:
+        payload = Path(args.image).read_bytes() if Path(args.image).is_file() else None
+        if payload is None:
+            raise RunError(f"{args.image}: file not found")
+        load_image(payload, (28, 28, 1))  # fail here, clearly, on a non-image
+        content_type = wire.JPEG if payload[:2] == b"\xff\xd8" else wire.PNG
+        truth = None
+    else:
+        test = load_fashion_mnist("test")
+        if not 0 <= args.index < len(test):
+            raise RunError(f"--index {args.index} is outside the test set (0..{len(test) - 1})")
+        payload, content_type, truth = test.images[args.index], wire.RAW, FASHION_MNIST_CLASSES[test.labels[args.index]]
+    run_id = uuid.uuid4().hex[:8]
+    with broker_session(config.broker.project or None) as project:
+        topo = topology_from(config, project, args.topic_suffix)
+        ensure_topology(topo)
+        with managed_server(args, 1) if args.server == "managed" else contextlib.nullcontext():
+            result = send_one(topo, payload, content_type, run_id, config.collector.timeout_s)
+    if "error" in result:
+        print(f"error result: {result['error']}: {result.get('detail', '')}")
+        return 1
+    extra = f"  (true: {truth})" if truth else ""
+    print(f"label {result['label']} {result['class_name']!r} confidence {result['confidence']:.2%}{extra}  "
+          f"[model {result.get('model', '?')}, round trip {result['round_trip_ms']:.1f} ms]")
+    return 0
+
+
+def send_one(topo: Topology, payload, content_type: str, run_id: str, timeout: float) -> dict:
+    publisher = make_publisher(topo.requests_topic_path, 1, 1.0, 10)
+    puller = Puller(topo.results_subscription_path)
+    request_id = f"{run_id}-0"
+    try:
+        data, attributes = request_for(0, payload, run_id, 1, content_type) if content_type == wire.RAW else \
+            wire.encode_request(payload, request_id, stream="0", seq=0, content_type=content_type)
+        sent = time.monotonic()
+        publisher.publish(data, attributes["stream"], **attributes).result(timeout=30)
+        deadline = sent + timeout
+        while time.monotonic() < deadline:
+            for message in puller.pull(timeout=2.0):
+                model, results = wire.decode_results(message.data)
+                mine = [r for r in results if r.get("request_id") == request_id]
+                if mine:
+                    puller.ack([message.ack_id])
+                    return {**mine[0], "model": model, "round_trip_ms": (time.monotonic() - sent) * 1000}
+                puller.nack([message.ack_id])  # someone else's result: leave it for them
+        raise RunError(f"no result for {request_id} within {timeout:.0f}s")
+    finally:
+        publisher.close()
+        puller.close()
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        config = apply_overrides(load_config(args.config, "stream.py"), args)
+        if args.index is not None or args.image:
+            return run_single(args, config)
+        return run(args, config)
+    except (BrokerError, DatasetError, ModelError, RunError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def apply_overrides(config, args):
+    for flag, section, key in (
+        ("rate", "streamer", "rate"), ("streams", "streamer", "streams"), ("limit", "streamer", "limit"),
+        ("content_type", "streamer", "content_type"), ("replicas", "server", "replicas"),
+        ("timeout", "collector", "timeout_s"), ("reports_dir", "collector", "reports_dir"),
+        ("state_file", "collector", "state_file"),
+    ):
+        if getattr(args, flag, None) is not None:
+            config[section][key] = getattr(args, flag)
+    if args.project:
+        config.broker.project = args.project
+    if args.model:
+        config.model_dir = args.model
+    return config

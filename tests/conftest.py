@@ -1,0 +1,179 @@
+"""Shared fixtures: one real Pub/Sub emulator per session, fresh topic names per test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from broker import wire
+from broker.emulator import Emulator
+from broker.pubsub import EMULATOR_PROJECT, Publisher, PublishSettings, Puller, Topology, delete_topology, ensure_topology
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL = REPO / "models" / "fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """Google's real Pub/Sub emulator, started once; PUBSUB_EMULATOR_HOST points at it."""
+    with Emulator() as emu:
+        previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+        os.environ["PUBSUB_EMULATOR_HOST"] = emu.host
+        try:
+            yield emu
+        finally:
+            if previous is None:
+                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+            else:
+                os.environ["PUBSUB_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def suffix() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def topology(emulator, suffix) -> Topology:
+    """A fresh set of topics/subscriptions (short ack deadline so redelivery tests stay quick)."""
+    topo = Topology(EMULATOR_PROJECT, max_delivery_attempts=5, ack_deadline_s=10).with_suffix(suffix)
+    ensure_topology(topo)
+    yield topo
+    delete_topology(topo)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """The shipped model when present (it is in the repo), else a freshly trained smoke model."""
+    if (SHIPPED_MODEL / "metadata.json").is_file():
+        return SHIPPED_MODEL
+    out = tmp_path_factory.mktemp("smoke-model")
+    subprocess.run(
+        [sys.executable, "-m", "train", "--config", "configs/smoke.py", "--workdir", str(out)],
+        cwd=REPO, check=True, capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_images():
+    from train.data import load_fashion_mnist
+
+    return load_fashion_mnist("test", 2000)
+
+
+class ServerProcess:
+    """`python -m server` as a subprocess on a test topology; always stopped by the fixture."""
+
+    def __init__(self, topology_suffix: str, model: Path, *extra: str, replicas: int = 1):
+        cmd = [sys.executable, "-m", "server", "--topic-suffix", topology_suffix, "--model", str(model),
+               "--replicas", str(replicas), "--log-level", "INFO", *extra]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"test-server-{uuid.uuid4().hex[:8]}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+        self.ready_lines: list[str] = []
+        self._ready = threading.Semaphore(0)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.replicas = replicas
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("server ready"):
+                self.ready_lines.append(line.strip())
+                self._ready.release()
+
+    def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        for _ in range(self.replicas):
+            while not self._ready.acquire(timeout=0.2):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server not ready (code {self.proc.poll()}):\n{self.log_text()[-3000:]}")
+        return self
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def start_server(suffix, model_dir, topology):
+    """Factory: start_server(*extra_args, replicas=1) -> a ready ServerProcess on this test's topology."""
+    started: list[ServerProcess] = []
+
+    def start(*extra: str, replicas: int = 1, wait: bool = True, model: Path | None = None) -> ServerProcess:
+        server = ServerProcess(suffix, model or model_dir, *extra, replicas=replicas)
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+# ----------------------------------------------------------------- helpers
+def publish_images(topo: Topology, images: np.ndarray, run_id: str = "t", streams: int = 4, start: int = 0) -> list[str]:
+    """Publish images as raw requests `<run_id>-<i>`; returns the request ids."""
+    publisher = Publisher(topo.requests_topic_path, PublishSettings(max_latency_s=0.01))
+    ids, futures = [], []
+    try:
+        for k, image in enumerate(images):
+            i = start + k
+            data, attrs = wire.encode_request(image, f"{run_id}-{i}", stream=str(i % streams), seq=i // streams)
+            futures.append(publisher.publish(data, attrs["stream"], **attrs))
+            ids.append(f"{run_id}-{i}")
+        for future in futures:
+            future.result(timeout=30)
+    finally:
+        publisher.close()
+    return ids
+
+
+def publish_raw(topo: Topology, data: bytes, ordering_key: str = "", **attributes: str) -> None:
+    publisher = Publisher(topo.requests_topic_path)
+    try:
+        publisher.publish(data, ordering_key, **attributes).result(timeout=30)
+    finally:
+        publisher.close()
+
+
+def collect_results(topo: Topology, expect: int, timeout: float = 60.0) -> tuple[list[dict], list[dict]]:
+    """Pull result messages until `expect` individual results arrived; returns (results, message bodies)."""
+    import json
+
+    puller = Puller(topo.results_subscription_path)
+    results, bodies = [], []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(results) < expect and time.monotonic() < deadline:
+            messages = puller.pull(timeout=1.0)
+            for m in messages:
+                body = json.loads(m.data)
+                bodies.append(body)
+                results.extend(body["results"])
+            if messages:
+                puller.ack([m.ack_id for m in messages])
+    finally:
+        puller.close()
+    return results, bodies
