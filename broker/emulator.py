@@ -80,8 +80,11 @@ class Emulator:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [str(launcher), "--host=127.0.0.1", f"--port={self.port}", f"--data-dir={data_dir}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + self.start_timeout
         while not port_open("127.0.0.1", self.port):

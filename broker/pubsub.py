@@ -80,7 +80,11 @@ class Topology:
 
     def with_suffix(self, suffix: str) -> Topology:
         """The same topology with every topic/subscription name suffixed (fresh names per run or test)."""
-        names = {f.name: f"{getattr(self, f.name)}-{suffix}" for f in dataclasses.fields(self) if f.name.endswith(("_topic", "_subscription"))}
+        names = {
+            f.name: f"{getattr(self, f.name)}-{suffix}"
+            for f in dataclasses.fields(self)
+            if f.name.endswith(("_topic", "_subscription"))
+        }
         return dataclasses.replace(self, **names)
 
 
@@ -124,9 +128,15 @@ def check_reachable(project: str, timeout: float = 15.0) -> None:
     publisher = pubsub_v1.PublisherClient()
     try:
         retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout)
-        list(publisher.list_topics(request={"project": f"projects/{project}", "page_size": 1}, retry=retry, timeout=timeout))
+        list(
+            publisher.list_topics(
+                request={"project": f"projects/{project}", "page_size": 1}, retry=retry, timeout=timeout
+            )
+        )
     except gexc.GoogleAPICallError as err:
-        raise BrokerError(f"Pub/Sub at {host or 'pubsub.googleapis.com'} is unreachable for project {project}: {_short(err)}") from None
+        raise BrokerError(
+            f"Pub/Sub at {host or 'pubsub.googleapis.com'} is unreachable for project {project}: {_short(err)}"
+        ) from None
     except Exception as err:  # auth errors come as google.auth exceptions
         raise BrokerError(f"cannot talk to Pub/Sub for project {project}: {_short(err)}") from None
     finally:
@@ -157,7 +167,9 @@ def ensure_topology(topo: Topology) -> None:
         for topic in (topo.requests_topic_path, topo.results_topic_path, topo.dead_letter_topic_path):
             create_topic(publisher, topic)
         create_subscription(
-            subscriber, topo.requests_subscription_path, topo.requests_topic_path,
+            subscriber,
+            topo.requests_subscription_path,
+            topo.requests_topic_path,
             enable_message_ordering=True,
             ack_deadline_seconds=topo.ack_deadline_s,
             dead_letter_policy=DeadLetterPolicy(
@@ -165,8 +177,11 @@ def ensure_topology(topo: Topology) -> None:
             ),
         )
         create_subscription(
-            subscriber, topo.results_subscription_path, topo.results_topic_path,
-            enable_message_ordering=True, ack_deadline_seconds=topo.ack_deadline_s,
+            subscriber,
+            topo.results_subscription_path,
+            topo.results_topic_path,
+            enable_message_ordering=True,
+            ack_deadline_seconds=topo.ack_deadline_s,
         )
         create_subscription(subscriber, topo.dead_letter_subscription_path, topo.dead_letter_topic_path)
     except gexc.GoogleAPICallError as err:
@@ -180,7 +195,11 @@ def delete_topology(topo: Topology) -> None:
     """Remove everything ensure_topology made (tests and benchmarks clean up after themselves)."""
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     try:
-        for sub in (topo.requests_subscription_path, topo.results_subscription_path, topo.dead_letter_subscription_path):
+        for sub in (
+            topo.requests_subscription_path,
+            topo.results_subscription_path,
+            topo.dead_letter_subscription_path,
+        ):
             with contextlib.suppress(gexc.NotFound):
                 subscriber.delete_subscription(request={"subscription": sub}, timeout=_CALL_TIMEOUT)
         for topic in (topo.requests_topic_path, topo.results_topic_path, topo.dead_letter_topic_path):
@@ -283,20 +302,32 @@ class Puller:
         except (gexc.ServiceUnavailable, gexc.NotFound, gexc.PermissionDenied) as err:
             raise BrokerError(f"pull from {self.subscription_path} failed: {_short(err)}") from None
         return [
-            Received(m.ack_id, m.message.data, m.message.attributes, m.delivery_attempt, m.message.message_id, m.message.ordering_key)
+            Received(
+                m.ack_id,
+                m.message.data,
+                m.message.attributes,
+                m.delivery_attempt,
+                m.message.message_id,
+                m.message.ordering_key,
+            )
             for m in response._pb.received_messages  # raw protobuf: no proto-plus wrapping per message
         ]
 
     def ack(self, ack_ids: Sequence[str]) -> None:
         for chunk in _chunks(ack_ids):
-            self.client.acknowledge(request={"subscription": self.subscription_path, "ack_ids": chunk}, retry=_CALL_RETRY, timeout=_CALL_TIMEOUT)
+            self.client.acknowledge(
+                request={"subscription": self.subscription_path, "ack_ids": chunk},
+                retry=_CALL_RETRY,
+                timeout=_CALL_TIMEOUT,
+            )
 
     def modify_deadline(self, ack_ids: Sequence[str], seconds: int) -> None:
         """seconds=0 is a nack: the messages are redelivered at once (to any replica)."""
         for chunk in _chunks(ack_ids):
             self.client.modify_ack_deadline(
                 request={"subscription": self.subscription_path, "ack_ids": chunk, "ack_deadline_seconds": seconds},
-                retry=_CALL_RETRY, timeout=_CALL_TIMEOUT,
+                retry=_CALL_RETRY,
+                timeout=_CALL_TIMEOUT,
             )
 
     def nack(self, ack_ids: Sequence[str]) -> None:

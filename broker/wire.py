@@ -115,16 +115,42 @@ def check_raw_length(data: bytes, attributes: Mapping[str, str], expected_shape:
 
 
 # ------------------------------------------------------------------- results
-def prediction(request_id: str, stream: str, seq: int, sent_ns: int, label: int, class_name: str,
-               confidence: float, top_k: list, timing: dict) -> dict:
-    return {"request_id": request_id, "stream": stream, "seq": seq, "sent_ns": sent_ns, "label": label,
-            "class_name": class_name, "confidence": confidence, "top_k": top_k, "timing": timing}
+def prediction(
+    request_id: str,
+    stream: str,
+    seq: int,
+    sent_ns: int,
+    label: int,
+    class_name: str,
+    confidence: float,
+    top_k: list,
+    timing: dict,
+) -> dict:
+    return {
+        "request_id": request_id,
+        "stream": stream,
+        "seq": seq,
+        "sent_ns": sent_ns,
+        "label": label,
+        "class_name": class_name,
+        "confidence": confidence,
+        "top_k": top_k,
+        "timing": timing,
+    }
 
 
-def error(request_id: str | None, stream: str, seq: int | None, sent_ns: int | None, reason: str, detail: str,
-          message_id: str) -> dict:
-    return {"request_id": request_id, "stream": stream, "seq": seq, "sent_ns": sent_ns, "error": reason,
-            "detail": detail[:300], "message_id": message_id}
+def error(
+    request_id: str | None, stream: str, seq: int | None, sent_ns: int | None, reason: str, detail: str, message_id: str
+) -> dict:
+    return {
+        "request_id": request_id,
+        "stream": stream,
+        "seq": seq,
+        "sent_ns": sent_ns,
+        "error": reason,
+        "detail": detail[:300],
+        "message_id": message_id,
+    }
 
 
 def encode_results(results: Sequence[dict], model: str, replica: str = "") -> tuple[bytes, dict[str, str]]:

@@ -27,10 +27,15 @@ class Interrupted(Exception):
 def topology_from(config, project: str, suffix: str = "") -> Topology:
     b = config.broker
     topo = Topology(
-        project=project, requests_topic=b.requests_topic, results_topic=b.results_topic,
-        dead_letter_topic=b.dead_letter_topic, requests_subscription=b.requests_subscription,
-        results_subscription=b.results_subscription, dead_letter_subscription=b.dead_letter_subscription,
-        max_delivery_attempts=b.max_delivery_attempts, ack_deadline_s=b.ack_deadline_s,
+        project=project,
+        requests_topic=b.requests_topic,
+        results_topic=b.results_topic,
+        dead_letter_topic=b.dead_letter_topic,
+        requests_subscription=b.requests_subscription,
+        results_subscription=b.results_subscription,
+        dead_letter_subscription=b.dead_letter_subscription,
+        max_delivery_attempts=b.max_delivery_attempts,
+        ack_deadline_s=b.ack_deadline_s,
     )
     return topo.with_suffix(suffix) if suffix else topo
 
@@ -38,16 +43,28 @@ def topology_from(config, project: str, suffix: str = "") -> Topology:
 def settings_from(config) -> ServerSettings:
     s = config.server
     return ServerSettings(
-        max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, buckets=tuple(s.buckets),
-        pull_max_messages=s.pull_max_messages, pull_threads=s.pull_threads, max_outstanding=s.max_outstanding,
-        top_k=s.top_k, publish_max_messages=s.publish_max_messages, publish_max_latency_ms=s.publish_max_latency_ms,
-        drain_timeout_s=s.drain_timeout_s, log_interval_s=s.log_interval_s, ack_deadline_s=config.broker.ack_deadline_s,
+        max_batch_size=s.max_batch_size,
+        max_wait_ms=s.max_wait_ms,
+        buckets=tuple(s.buckets),
+        pull_max_messages=s.pull_max_messages,
+        pull_threads=s.pull_threads,
+        max_outstanding=s.max_outstanding,
+        top_k=s.top_k,
+        publish_max_messages=s.publish_max_messages,
+        publish_max_latency_ms=s.publish_max_latency_ms,
+        drain_timeout_s=s.drain_timeout_s,
+        log_interval_s=s.log_interval_s,
+        ack_deadline_s=config.broker.ack_deadline_s,
     )
 
 
 def apply_overrides(config, args: argparse.Namespace):
-    for flag, key in (("max_batch_size", "max_batch_size"), ("max_wait_ms", "max_wait_ms"),
-                      ("metrics_port", "metrics_port"), ("replicas", "replicas")):
+    for flag, key in (
+        ("max_batch_size", "max_batch_size"),
+        ("max_wait_ms", "max_wait_ms"),
+        ("metrics_port", "metrics_port"),
+        ("replicas", "replicas"),
+    ):
         if getattr(args, flag, None) is not None:
             config.server[key] = getattr(args, flag)
     if args.project:
@@ -58,7 +75,12 @@ def apply_overrides(config, args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = apply_overrides(load_config(args.config, "stream.py"), args)
     holder: dict = {}

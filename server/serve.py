@@ -133,7 +133,9 @@ class Acker(threading.Thread):
     def _done(self, future: Future, ack_ids: list[str]) -> None:
         failed = future.exception() is not None
         if failed:
-            log.warning("result publish failed (%s); nacking %d requests for redelivery", future.exception(), len(ack_ids))
+            log.warning(
+                "result publish failed (%s); nacking %d requests for redelivery", future.exception(), len(ack_ids)
+            )
         with self.lock:
             (self.to_nack if failed else self.to_ack).extend(ack_ids)
             self.in_flight -= 1
@@ -175,7 +177,9 @@ class InferenceServer:
     def __init__(self, model_dir, topology: Topology, settings: ServerSettings = ServerSettings(), echo: bool = False):
         self.settings = settings
         self.topology = topology
-        self.model = EchoModel(load_metadata(model_dir), settings.buckets) if echo else Model(model_dir, settings.buckets)
+        self.model = (
+            EchoModel(load_metadata(model_dir), settings.buckets) if echo else Model(model_dir, settings.buckets)
+        )
         self.queue: collections.deque[Pending] = collections.deque()
         self.cond = threading.Condition()
         self.leases: dict[str, float] = {}  # ack_id -> pull time, for every outstanding message
@@ -184,7 +188,9 @@ class InferenceServer:
         self.puller = Puller(topology.requests_subscription_path, settings.pull_max_messages)
         self.publisher = Publisher(
             topology.results_topic_path,
-            PublishSettings(max_messages=settings.publish_max_messages, max_latency_s=settings.publish_max_latency_ms / 1000),
+            PublishSettings(
+                max_messages=settings.publish_max_messages, max_latency_s=settings.publish_max_latency_ms / 1000
+            ),
         )
         self.acker = Acker(self.puller, self)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
@@ -264,7 +270,9 @@ class InferenceServer:
             except wire.WireError as err:
                 if len(fields) == i:
                     fields.append(self._salvage_fields(m.attributes))
-                results[i] = wire.error(*fields[i][:1], _stream(m), *fields[i][1:], err.reason, err.detail, m.message_id)
+                results[i] = wire.error(
+                    *fields[i][:1], _stream(m), *fields[i][1:], err.reason, err.detail, m.message_id
+                )
                 metrics.ERRORS.labels(err.reason).inc()
                 log.warning("bad request %s (message %s): %s", fields[i][0], m.message_id, err)
         order = raw_at + decoded_at
@@ -283,10 +291,21 @@ class InferenceServer:
             p = batch[i]
             request_id, seq, sent_ns = fields[i]
             labels, confs = top[row].tolist(), top_p[row].tolist()
-            timing = {"queue_ms": round((started - p.pulled) * 1000, 3), "compute_ms": compute_ms, "batch_size": len(batch)}
+            timing = {
+                "queue_ms": round((started - p.pulled) * 1000, 3),
+                "compute_ms": compute_ms,
+                "batch_size": len(batch),
+            }
             results[i] = wire.prediction(
-                request_id, _stream(p.msg), seq, sent_ns, labels[0], names[labels[0]], confs[0],
-                [[lab, round(c, 6)] for lab, c in zip(labels, confs)], timing,
+                request_id,
+                _stream(p.msg),
+                seq,
+                sent_ns,
+                labels[0],
+                names[labels[0]],
+                confs[0],
+                [[lab, round(c, 6)] for lab, c in zip(labels, confs)],
+                timing,
             )
         self.publish_grouped(batch, results)
         done = time.monotonic()
@@ -365,15 +384,22 @@ class InferenceServer:
             lat = np.array([w[2] for w in recent]) * 1000
             log.info(
                 "throughput %.0f req/s, %d batches, mean batch %.1f, in-server p50 %.1f ms p99 %.1f ms, outstanding %d",
-                n / self.settings.log_interval_s, len(recent), n / len(recent),
-                np.percentile(lat, 50), np.percentile(lat, 99), len(self.leases),
+                n / self.settings.log_interval_s,
+                len(recent),
+                n / len(recent),
+                np.percentile(lat, 50),
+                np.percentile(lat, 99),
+                len(self.leases),
             )
 
     def serve(self, on_ready=None) -> int:
         """Run until stop(); returns the exit code (0 after a clean drain)."""
         warm = self.model.warm_up()
         log.info("warm-up compiled buckets %s in %.2fs", list(self.model.buckets), warm)
-        threads = [threading.Thread(target=self.pull_loop, name=f"puller-{i}", daemon=True) for i in range(self.settings.pull_threads)]
+        threads = [
+            threading.Thread(target=self.pull_loop, name=f"puller-{i}", daemon=True)
+            for i in range(self.settings.pull_threads)
+        ]
         threads += [
             threading.Thread(target=self.keep_leases, name="leases", daemon=True),
             threading.Thread(target=self.report_loop, name="reporter", daemon=True),
@@ -402,7 +428,10 @@ class InferenceServer:
         self.publisher.close()
         self.puller.close()
         if not settled:
-            log.error("shutdown: publishes still in flight after %.0fs; those requests will be redelivered", self.settings.drain_timeout_s)
+            log.error(
+                "shutdown: publishes still in flight after %.0fs; those requests will be redelivered",
+                self.settings.drain_timeout_s,
+            )
         log.info("stopped")
         return 1 if self.fatal or not settled else 0
 

@@ -8,13 +8,17 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m streamer", description="Stream Fashion-MNIST through Pub/Sub and report.")
+    p = argparse.ArgumentParser(
+        prog="python -m streamer", description="Stream Fashion-MNIST through Pub/Sub and report."
+    )
     p.add_argument("--config", help="config file (default configs/stream.py)")
     p.add_argument("--rate", type=float, help="images per second; 0 = as fast as possible (default 200)")
     p.add_argument("--streams", type=int, help="ordering keys: image i goes on stream i %% K")
     p.add_argument("--limit", type=int, help="only the first N test images")
     p.add_argument("--content-type", choices=("raw", "png"), help="send raw pixels or PNG files")
-    p.add_argument("--server", choices=("managed", "external"), default="managed", help="start the server, or use a running one")
+    p.add_argument(
+        "--server", choices=("managed", "external"), default="managed", help="start the server, or use a running one"
+    )
     p.add_argument("--replicas", type=int, help="managed server replicas")
     p.add_argument("--project", help="real GCP project (default: the emulator)")
     p.add_argument("--model", help="model directory for the managed server and the offline check")

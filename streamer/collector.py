@@ -156,15 +156,25 @@ class Collector:
     def _state_dict(self) -> dict:
         idx = np.flatnonzero(self.answered & (self.prediction >= 0))
         return {
-            "run_id": self.run_id, "n": len(self.labels),
-            "answered": idx.tolist(), "prediction": self.prediction[idx].tolist(),
-            "confidence": self.confidence[idx].tolist(), "latency_ms": _nan_to_none(self.latency_ms[idx]),
-            "queue_ms": _nan_to_none(self.queue_ms[idx]), "compute_ms": _nan_to_none(self.compute_ms[idx]),
-            "batch_size": self.batch_size[idx].tolist(), "received_s": _nan_to_none(self.received_s[idx]),
-            "stream": [self.stream[i] for i in idx], "seq": self.seq[idx].tolist(),
-            "errors": [[k, v] for k, v in self.errors.items()], "duplicates": self.duplicates, "stray": self.stray,
-            "ordering_violations": self.ordering_violations, "violations_by_stream": self.violations_by_stream,
-            "last_seq": self.last_seq, "models": sorted(self.models),
+            "run_id": self.run_id,
+            "n": len(self.labels),
+            "answered": idx.tolist(),
+            "prediction": self.prediction[idx].tolist(),
+            "confidence": self.confidence[idx].tolist(),
+            "latency_ms": _nan_to_none(self.latency_ms[idx]),
+            "queue_ms": _nan_to_none(self.queue_ms[idx]),
+            "compute_ms": _nan_to_none(self.compute_ms[idx]),
+            "batch_size": self.batch_size[idx].tolist(),
+            "received_s": _nan_to_none(self.received_s[idx]),
+            "stream": [self.stream[i] for i in idx],
+            "seq": self.seq[idx].tolist(),
+            "errors": [[k, v] for k, v in self.errors.items()],
+            "duplicates": self.duplicates,
+            "stray": self.stray,
+            "ordering_violations": self.ordering_violations,
+            "violations_by_stream": self.violations_by_stream,
+            "last_seq": self.last_seq,
+            "models": sorted(self.models),
         }
 
     def _load_state(self) -> None:
@@ -208,25 +218,42 @@ class Collector:
             confusion = np.zeros((k, k), int)
             np.add.at(confusion, (y, p), 1)
             missing = np.flatnonzero(~self.answered)
-            t0 = float(np.nanmin(sent_s)) if sent_s is not None and len(sent_s) else float(np.nanmin(self.received_s[idx])) if len(idx) else 0.0
+            t0 = (
+                float(np.nanmin(sent_s))
+                if sent_s is not None and len(sent_s)
+                else float(np.nanmin(self.received_s[idx]))
+                if len(idx)
+                else 0.0
+            )
             last = float(np.nanmax(self.received_s[idx])) if len(idx) else t0
             span = max(last - t0, 1e-9)
             return {
                 "run": run,
-                "model": {"identity": sorted(self.models)[0] if len(self.models) == 1 else ",".join(sorted(self.models)), "seen": sorted(self.models)},
+                "model": {
+                    "identity": sorted(self.models)[0] if len(self.models) == 1 else ",".join(sorted(self.models)),
+                    "seen": sorted(self.models),
+                },
                 "class_names": self.class_names,
                 "counts": {
-                    "sent": len(self.labels), "answered": int(self.answered.sum()), "correct": int((y == p).sum()),
-                    "errors": len(self.errors), "duplicates": self.duplicates, "missing": int(len(missing)),
-                    "dead_lettered": dead_lettered, "stray": self.stray,
+                    "sent": len(self.labels),
+                    "answered": int(self.answered.sum()),
+                    "correct": int((y == p).sum()),
+                    "errors": len(self.errors),
+                    "duplicates": self.duplicates,
+                    "missing": int(len(missing)),
+                    "dead_lettered": dead_lettered,
+                    "stray": self.stray,
                 },
                 "accuracy": float((y == p).mean()) if len(idx) else None,
                 "per_class": per_class_metrics(confusion, self.class_names),
                 "confusion": confusion.tolist(),
                 "latency_ms": stats(self.latency_ms[idx], with_min_max=True),
                 "server": {
-                    "queue_ms": stats(self.queue_ms[idx]), "compute_ms": stats(self.compute_ms[idx]),
-                    "batch_size_hist": {str(b): int(c) for b, c in zip(*np.unique(self.batch_size[idx], return_counts=True))},
+                    "queue_ms": stats(self.queue_ms[idx]),
+                    "compute_ms": stats(self.compute_ms[idx]),
+                    "batch_size_hist": {
+                        str(b): int(c) for b, c in zip(*np.unique(self.batch_size[idx], return_counts=True))
+                    },
                     "mean_batch_size": float(self.batch_size[idx].mean()) if len(idx) else None,
                 },
                 "throughput": {
@@ -240,9 +267,16 @@ class Collector:
                 "error_reasons": _count(e.get("error") for e in self.errors.values()),
                 "missing": [f"{self.run_id}-{i}" for i in missing[:1000]],
                 "predictions": [
-                    {"index": int(i), "request_id": f"{self.run_id}-{i}", "stream": self.stream[i], "seq": int(self.seq[i]),
-                     "label": int(self.labels[i]), "prediction": int(self.prediction[i]),
-                     "confidence": round(float(self.confidence[i]), 6), "latency_ms": _round(self.latency_ms[i])}
+                    {
+                        "index": int(i),
+                        "request_id": f"{self.run_id}-{i}",
+                        "stream": self.stream[i],
+                        "seq": int(self.seq[i]),
+                        "label": int(self.labels[i]),
+                        "prediction": int(self.prediction[i]),
+                        "confidence": round(float(self.confidence[i]), 6),
+                        "latency_ms": _round(self.latency_ms[i]),
+                    }
                     for i in idx
                 ],
             }
@@ -257,8 +291,14 @@ def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> list[dic
         precision = np.where(predicted > 0, tp / predicted, np.nan)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), np.nan)
     return [
-        {"class": name, "support": int(support[c]), "accuracy": _round(recall[c]), "precision": _round(precision[c]),
-         "recall": _round(recall[c]), "f1": _round(f1[c])}
+        {
+            "class": name,
+            "support": int(support[c]),
+            "accuracy": _round(recall[c]),
+            "precision": _round(precision[c]),
+            "recall": _round(recall[c]),
+            "f1": _round(f1[c]),
+        }
         for c, name in enumerate(class_names)
     ]
 

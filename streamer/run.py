@@ -40,10 +40,15 @@ class RunError(Exception):
 def topology_from(config, project: str, suffix: str = "") -> Topology:
     b = config.broker
     topo = Topology(
-        project=project, requests_topic=b.requests_topic, results_topic=b.results_topic,
-        dead_letter_topic=b.dead_letter_topic, requests_subscription=b.requests_subscription,
-        results_subscription=b.results_subscription, dead_letter_subscription=b.dead_letter_subscription,
-        max_delivery_attempts=b.max_delivery_attempts, ack_deadline_s=b.ack_deadline_s,
+        project=project,
+        requests_topic=b.requests_topic,
+        results_topic=b.results_topic,
+        dead_letter_topic=b.dead_letter_topic,
+        requests_subscription=b.requests_subscription,
+        results_subscription=b.results_subscription,
+        dead_letter_subscription=b.dead_letter_subscription,
+        max_delivery_attempts=b.max_delivery_attempts,
+        ack_deadline_s=b.ack_deadline_s,
     )
     return topo.with_suffix(suffix) if suffix else topo
 
@@ -66,8 +71,13 @@ def managed_server(args, replicas: int, ready_timeout: float = 180.0) -> Iterato
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{os.getpid()}.log"
     with open(log_path, "wb") as server_log:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, cwd=REPO,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=server_log,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     try:
         wait_ready(proc, replicas, ready_timeout, log_path)
@@ -127,7 +137,9 @@ async def stream_and_collect(args, config, topo: Topology, run_id: str) -> dict:
     received_bar.update(collector.count_answered())
     collector.on_progress = received_bar.update
     subscription = collector.subscribe(topo.results_subscription_path)
-    publisher = make_publisher(topo.requests_topic_path, s.publish_max_messages, s.publish_max_latency_ms, s.publish_flow_messages)
+    publisher = make_publisher(
+        topo.requests_topic_path, s.publish_max_messages, s.publish_max_latency_ms, s.publish_flow_messages
+    )
     started = time.time()
     sent_s = None
     try:
@@ -149,17 +161,28 @@ async def stream_and_collect(args, config, topo: Topology, run_id: str) -> dict:
     achieved = _achieved_rate(sent_s)
     run = {
         "run_id": run_id,
-        "started_at": _iso(started), "finished_at": _iso(finished), "wall_s": round(finished - started, 2),
-        "rate_target": s.rate, "rate_achieved": achieved, "streams": s.streams, "limit": len(data),
-        "replicas": config.server.replicas, "server_mode": args.server, "content_type": s.content_type,
-        "broker": f"emulator {os.environ['PUBSUB_EMULATOR_HOST']}" if os.environ.get("PUBSUB_EMULATOR_HOST") else f"project {topo.project}",
+        "started_at": _iso(started),
+        "finished_at": _iso(finished),
+        "wall_s": round(finished - started, 2),
+        "rate_target": s.rate,
+        "rate_achieved": achieved,
+        "streams": s.streams,
+        "limit": len(data),
+        "replicas": config.server.replicas,
+        "server_mode": args.server,
+        "content_type": s.content_type,
+        "broker": f"emulator {os.environ['PUBSUB_EMULATOR_HOST']}"
+        if os.environ.get("PUBSUB_EMULATOR_HOST")
+        else f"project {topo.project}",
         "versions": _versions(),
         "interrupted": stop.is_set(),
     }
     return collector.summary(run, sent_s, dead_lettered=dead)
 
 
-async def wait_for_results(collector: Collector, publishing: asyncio.Task, subscription, stop: asyncio.Event, cfg, args):
+async def wait_for_results(
+    collector: Collector, publishing: asyncio.Task, subscription, stop: asyncio.Event, cfg, args
+):
     """Until every request is answered, the timeout expires, or the user interrupts."""
     deadline = time.monotonic() + cfg.timeout_s
     last_progress, last_count = time.monotonic(), -1
@@ -213,8 +236,11 @@ def verify_offline(summary: dict, model_dir) -> dict:
     streamed = {p["index"]: p["prediction"] for p in summary["predictions"]}
     mismatches = [i for i, pred in streamed.items() if offline[i] != pred]
     return {
-        "model": report["model_digest"][:16], "offline_accuracy": report["accuracy"],
-        "compared": len(streamed), "agree": len(streamed) - len(mismatches), "mismatches": mismatches[:100],
+        "model": report["model_digest"][:16],
+        "offline_accuracy": report["accuracy"],
+        "compared": len(streamed),
+        "agree": len(streamed) - len(mismatches),
+        "mismatches": mismatches[:100],
         "identical": not mismatches and len(streamed) == len(offline),
     }
 
@@ -264,8 +290,10 @@ def run_single(args, config) -> int:
         print(f"error result: {result['error']}: {result.get('detail', '')}")
         return 1
     extra = f"  (true: {truth})" if truth else ""
-    print(f"label {result['label']} {result['class_name']!r} confidence {result['confidence']:.2%}{extra}  "
-          f"[model {result.get('model', '?')}, round trip {result['round_trip_ms']:.1f} ms]")
+    print(
+        f"label {result['label']} {result['class_name']!r} confidence {result['confidence']:.2%}{extra}  "
+        f"[model {result.get('model', '?')}, round trip {result['round_trip_ms']:.1f} ms]"
+    )
     return 0
 
 
@@ -274,8 +302,11 @@ def send_one(topo: Topology, payload, content_type: str, run_id: str, timeout: f
     puller = Puller(topo.results_subscription_path)
     request_id = f"{run_id}-0"
     try:
-        data, attributes = request_for(0, payload, run_id, 1, content_type) if content_type == wire.RAW else \
-            wire.encode_request(payload, request_id, stream="0", seq=0, content_type=content_type)
+        data, attributes = (
+            request_for(0, payload, run_id, 1, content_type)
+            if content_type == wire.RAW
+            else wire.encode_request(payload, request_id, stream="0", seq=0, content_type=content_type)
+        )
         sent = time.monotonic()
         publisher.publish(data, attributes["stream"], **attributes).result(timeout=30)
         deadline = sent + timeout
@@ -310,9 +341,13 @@ def main(args) -> int:
 
 def apply_overrides(config, args):
     for flag, section, key in (
-        ("rate", "streamer", "rate"), ("streams", "streamer", "streams"), ("limit", "streamer", "limit"),
-        ("content_type", "streamer", "content_type"), ("replicas", "server", "replicas"),
-        ("timeout", "collector", "timeout_s"), ("reports_dir", "collector", "reports_dir"),
+        ("rate", "streamer", "rate"),
+        ("streams", "streamer", "streams"),
+        ("limit", "streamer", "limit"),
+        ("content_type", "streamer", "content_type"),
+        ("replicas", "server", "replicas"),
+        ("timeout", "collector", "timeout_s"),
+        ("reports_dir", "collector", "reports_dir"),
         ("state_file", "collector", "state_file"),
     ):
         if getattr(args, flag, None) is not None:

@@ -17,7 +17,15 @@ import pytest
 
 from broker import wire
 from broker.emulator import Emulator
-from broker.pubsub import EMULATOR_PROJECT, Publisher, PublishSettings, Puller, Topology, delete_topology, ensure_topology
+from broker.pubsub import (
+    EMULATOR_PROJECT,
+    Publisher,
+    PublishSettings,
+    Puller,
+    Topology,
+    delete_topology,
+    ensure_topology,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO / "models" / "fashion-mnist"
@@ -60,7 +68,9 @@ def model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke-model")
     subprocess.run(
         [sys.executable, "-m", "train", "--config", "configs/smoke.py", "--workdir", str(out)],
-        cwd=REPO, check=True, capture_output=True,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
     )
     return out
 
@@ -76,21 +86,36 @@ class ServerProcess:
     """`python -m server` as a subprocess on a test topology; always stopped by the fixture."""
 
     def __init__(self, topology_suffix: str, model: Path, *extra: str, replicas: int = 1):
-        cmd = [sys.executable, "-m", "server", "--topic-suffix", topology_suffix, "--model", str(model),
-               "--replicas", str(replicas), "--log-level", "INFO", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "server",
+            "--topic-suffix",
+            topology_suffix,
+            "--model",
+            str(model),
+            "--replicas",
+            str(replicas),
+            "--log-level",
+            "INFO",
+            *extra,
+        ]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"test-server-{uuid.uuid4().hex[:8]}.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
+        )
         self.ready_lines: list[str] = []
         self._ready = threading.Semaphore(0)
         threading.Thread(target=self._read, daemon=True).start()
         self.replicas = replicas
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line.startswith("server ready"):
-                self.ready_lines.append(line.strip())
-                self._ready.release()
+        with contextlib.suppress(ValueError, OSError):  # the pipe is closed by kill()
+            for line in self.proc.stdout:
+                if line.startswith("server ready"):
+                    self.ready_lines.append(line.strip())
+                    self._ready.release()
 
     def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
         deadline = time.monotonic() + timeout
@@ -114,6 +139,7 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+        self.proc.stdout.close()
         self.log.close()
 
 
@@ -133,7 +159,9 @@ def start_server(suffix, model_dir, topology):
 
 
 # ----------------------------------------------------------------- helpers
-def publish_images(topo: Topology, images: np.ndarray, run_id: str = "t", streams: int = 4, start: int = 0) -> list[str]:
+def publish_images(
+    topo: Topology, images: np.ndarray, run_id: str = "t", streams: int = 4, start: int = 0
+) -> list[str]:
     """Publish images as raw requests `<run_id>-<i>`; returns the request ids."""
     publisher = Publisher(topo.requests_topic_path, PublishSettings(max_latency_s=0.01))
     ids, futures = [], []

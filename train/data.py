@@ -18,6 +18,7 @@ import hashlib
 import os
 import struct
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,7 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
-        raise DatasetError(
-            f"{source}: IDX size mismatch: header says {shape} ({expected} bytes), file has {len(raw)}"
-        )
+        raise DatasetError(f"{source}: IDX size mismatch: header says {shape} ({expected} bytes), file has {len(raw)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -111,7 +110,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DatasetError(f"{path}: corrupt gzip data ({err})") from None
     return parse_idx(raw, str(path))
 
@@ -148,16 +147,20 @@ def _has_files(folder: Path, split: str) -> bool:
     return all((folder / f).is_file() for f in FILES[split])
 
 
-def verify_checksum(path: Path) -> None:
-    """Accept a file whose .gz MD5 is the published one, or whose payload SHA-256 is known."""
+def verify_checksum(path: Path, name: str | None = None) -> None:
+    """Accept a file whose .gz MD5 is the published one, or whose payload SHA-256 is known.
+
+    `name` is the published file name when `path` is a temporary (.part) file.
+    """
+    name = name or path.name
     raw = path.read_bytes()
-    if hashlib.md5(raw).hexdigest() == PUBLISHED_MD5[path.name]:
+    if hashlib.md5(raw).hexdigest() == PUBLISHED_MD5[name]:
         return
     try:
         payload = gzip.decompress(raw)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DatasetError(f"{path}: downloaded file is not gzip ({err})") from None
-    if hashlib.sha256(payload).hexdigest() != PAYLOAD_SHA256[path.name]:
+    if hashlib.sha256(payload).hexdigest() != PAYLOAD_SHA256[name]:
         raise DatasetError(f"{path}: checksum mismatch; the download is corrupt or not Fashion-MNIST")
 
 
@@ -175,7 +178,7 @@ def download(target: Path, base_url: str = CANONICAL_URL, timeout: float = 30.0)
         except OSError as err:
             raise DatasetError(f"download of {name} failed ({err}); {FIX_HINT}") from None
         try:
-            verify_checksum(partial)
+            verify_checksum(partial, name)
         except DatasetError:
             partial.unlink(missing_ok=True)
             raise
@@ -244,7 +247,13 @@ def load_image(path: str | os.PathLike | bytes, shape: tuple[int, int, int]) -> 
             with Image.open(source) as img:
                 img.load()
                 img = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
         raise DatasetError(f"{label}: not a readable image ({err})") from None
     arr = np.asarray(img)
     border = np.concatenate([arr[0].ravel(), arr[-1].ravel(), arr[:, 0].ravel(), arr[:, -1].ravel()])

@@ -30,8 +30,12 @@ def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None 
     probs = predict_dataset(eval_step, nnx.state(model), test.images, meta.get("eval_batch_size", 1000))
     report = accuracy_report(probs, test.labels, meta["class_names"])
     report.update(
-        predictions=probs.argmax(-1), confidences=probs.max(-1), labels=test.labels,
-        metadata_accuracy=meta["test_accuracy"], model_digest=meta["checkpoint_sha256"], class_names=meta["class_names"],
+        predictions=probs.argmax(-1),
+        confidences=probs.max(-1),
+        labels=test.labels,
+        metadata_accuracy=meta["test_accuracy"],
+        model_digest=meta["checkpoint_sha256"],
+        class_names=meta["class_names"],
     )
     return report
 
@@ -48,7 +52,7 @@ def write_predictions(path: str | Path, report: dict) -> None:
 def print_report(report: dict) -> None:
     print(f"model {report['model_digest'][:12]}  test images {report['n']}")
     for name, acc in report["per_class_accuracy"].items():
-        print(f"  {name:<12} {acc:7.2%}")
+        print(f"  {name:<12} {acc:7.2%}" if acc is not None else f"  {name:<12}     n/a (no test images)")
     print(f"accuracy {report['accuracy']:.4%} ({int(round(report['accuracy'] * report['n']))}/{report['n']})")
     if report["n"] == 10000:
         same = np.isclose(report["accuracy"], report["metadata_accuracy"], rtol=0, atol=1e-12)

@@ -28,10 +28,14 @@ def predict_images(images: np.ndarray, model_dir=DEFAULT_MODEL_DIR, top_k: int =
     results = []
     for p in probs:
         order = np.argsort(-p)[:top_k]
-        results.append({
-            "label": int(order[0]), "class_name": names[order[0]], "confidence": float(p[order[0]]),
-            "top_k": [{"label": int(i), "class_name": names[i], "confidence": float(p[i])} for i in order],
-        })
+        results.append(
+            {
+                "label": int(order[0]),
+                "class_name": names[order[0]],
+                "confidence": float(p[order[0]]),
+                "top_k": [{"label": int(i), "class_name": names[i], "confidence": float(p[i])} for i in order],
+            }
+        )
     return results
 
 
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, res, true in zip(names, results, truth):
         extra = f"  (true: {true})" if true else ""
         others = ", ".join(f"{t['class_name']} {t['confidence']:.1%}" for t in res["top_k"][1:])
-        print(f"{name}: label {res['label']} {res['class_name']!r} confidence {res['confidence']:.2%}{extra}  [next: {others}]")
+        print(
+            f"{name}: label {res['label']} {res['class_name']!r} confidence {res['confidence']:.2%}{extra}  [next: {others}]"
+        )
     return 0
 
 

@@ -160,8 +160,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         probs = predict_dataset(eval_step, nnx.state(model), test_ds.images, config.eval_batch_size)
         report = accuracy_report(probs, test_ds.labels, test_ds.class_names)
         history.append(
-            {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accs)),
-             "test_accuracy": report["accuracy"], "elapsed_s": round(time.time() - started, 1)}
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)),
+                "train_accuracy": float(np.mean(accs)),
+                "test_accuracy": report["accuracy"],
+                "elapsed_s": round(time.time() - started, 1),
+            }
         )
         tqdm.write(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, test accuracy {report['accuracy']:.4%}")
     metadata = {

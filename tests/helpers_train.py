@@ -1,0 +1,124 @@
+"""Shared helpers for the train/* tests: IDX writers, synthetic image folders, CLI runs, a cached smoke model.
+
+Not a conftest: test modules import what they need. The smoke model is trained
+once per pytest session (cached here) however many modules ask for it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SMOKE_CONFIG = "configs/smoke.py"
+METADATA_KEYS = (
+    "dataset",
+    "class_names",
+    "input_shape",
+    "config",
+    "test_accuracy",
+    "per_class_accuracy",
+    "param_count",
+    "train_time_s",
+    "versions",
+    "checkpoint_sha256",
+)
+
+
+# ------------------------------------------------------------------ IDX files
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as an (uncompressed) IDX blob."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    raw = idx_bytes(array)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def tiny_fashion_mnist(folder: Path, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Write a fake four-file Fashion-MNIST (n images per split) into folder; return the test split."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = None
+    for images_name, labels_name in (
+        ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    ):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(folder / images_name, images)
+        write_idx(folder / labels_name, labels)
+        out = images, labels
+    return out
+
+
+# ------------------------------------------------------------- image folders
+SHAPE_CLASSES = ("circle", "square", "stripes")
+
+
+def shape_image(kind: str, size: int = 16, seed: int = 0) -> Image.Image:
+    """A light shape on a black background (Fashion-MNIST polarity), RGB."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (size, size), (0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    colour = tuple(int(v) for v in rng.integers(150, 256, 3))
+    shift = int(rng.integers(0, 3))
+    s = size / 16
+    if kind == "circle":
+        draw.ellipse(((2 + shift) * s, (2 + shift) * s, (12 + shift) * s, (12 + shift) * s), fill=colour)
+    elif kind == "square":
+        draw.rectangle(((3 + shift) * s, (3 + shift) * s, (11 + shift) * s, (11 + shift) * s), fill=colour)
+    else:
+        for y in range(shift, 16, 4):
+            draw.rectangle((0, y * s, size - 1, (y + 1) * s), fill=colour)
+    return img
+
+
+def make_shape_folder(root: Path, per_class: int = 20, size: int = 16, classes=SHAPE_CLASSES) -> Path:
+    """root/<class>/<i>.png with distinct simple shapes per class."""
+    for c, kind in enumerate(classes):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape_image(kind, size, seed=1000 * c + i).save(root / kind / f"{i:03d}.png")
+    return root
+
+
+# ---------------------------------------------------------------------- CLIs
+def run_cli(*args: str, env: dict | None = None, timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run `python <args>` from the project root; text output captured."""
+    full_env = {**os.environ, "TQDM_DISABLE": "1", "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run(
+        [PYTHON, *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+_SMOKE_MODELS: dict[str, Path] = {}
+
+
+def smoke_model(tmp_path_factory) -> Path:
+    """Train the smoke config once per session (about 10-20 s) and return its model directory."""
+    if "fashion_mnist" not in _SMOKE_MODELS:
+        if not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file() and not os.environ.get(
+            "FASHION_MNIST_DIR"
+        ):
+            import pytest
+
+            pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+        workdir = tmp_path_factory.mktemp("smoke-model")
+        proc = run_cli("-m", "train", "--config", SMOKE_CONFIG, "--workdir", str(workdir))
+        assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout}\n{proc.stderr}"
+        _SMOKE_MODELS["fashion_mnist"] = workdir
+    return _SMOKE_MODELS["fashion_mnist"]

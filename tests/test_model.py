@@ -1,0 +1,162 @@
+"""train.model / train.train steps / train.checkpoint, in process on tiny networks."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import smoke
+from train.checkpoint import ModelError, checkpoint_digest, load_model, save_model
+from train.model import build_model, count_params, make_predict_fn
+from train.train import make_optimizer, train_step
+
+TINY = {"widths": (4, 8), "convs_per_block": 1, "dense": 16, "dropout_conv": 0.0, "dropout_dense": 0.0}
+
+
+def _batch(shape, n, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, num_classes, n).astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "classes"),
+    [((28, 28, 1), 10), ((32, 32, 3), 5), ((18, 26, 1), 3)],
+    ids=["28x28x1", "32x32x3", "18x26x1"],
+)
+def test_output_shape(shape, classes):
+    model = build_model(TINY, shape, classes)
+    model.eval()
+    images, _ = _batch(shape, 3, classes)
+    logits = model(jnp.asarray(images))
+    assert logits.shape == (3, classes)
+    assert np.isfinite(np.asarray(logits)).all()
+    assert count_params(model) > 0
+
+
+def test_predict_fn_probabilities():
+    model = build_model(TINY, (28, 28, 1), 10, seed=1)
+    predict, state = make_predict_fn(model)
+    images, _ = _batch((28, 28, 1), 4, 10)
+    probs = np.asarray(predict(state, images))  # uint8 straight in, no normalisation by the caller
+    assert probs.shape == (4, 10) and probs.dtype == np.float32
+    assert (probs >= 0).all() and (probs <= 1).all()
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    as_float = np.asarray(predict(state, images.astype(np.float32)))
+    np.testing.assert_allclose(as_float, probs, atol=1e-6)
+    # eval mode: the same picture gives the same answer whatever else is in the batch
+    single = np.asarray(predict(state, np.concatenate([images[:1], np.zeros_like(images[1:])])))
+    np.testing.assert_allclose(single[0], probs[0], atol=1e-6)
+
+
+def _tiny_config(num_epochs=1):
+    config = smoke.get_config()
+    config.num_epochs = num_epochs
+    return config
+
+
+def test_train_steps_lower_the_loss():
+    model = build_model(TINY, (28, 28, 1), 10, seed=0)
+    optimizer = make_optimizer(model, _tiny_config(), steps_per_epoch=30)
+    images, labels = _batch((28, 28, 1), 32, 10, seed=2)
+    model.train()
+    losses = []
+    for _ in range(12):
+        loss, acc = train_step(model, optimizer, images, labels)
+        losses.append(float(loss))
+        assert 0.0 <= float(acc) <= 1.0
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0], losses
+    assert min(losses[-3:]) < 0.9 * losses[0], losses
+
+
+def _trained_tiny_model():
+    model = build_model(TINY, (28, 28, 1), 4, seed=3)
+    optimizer = make_optimizer(model, _tiny_config(), steps_per_epoch=10)
+    images, labels = _batch((28, 28, 1), 16, 4, seed=4)
+    model.train()
+    for _ in range(2):  # moves params and BatchNorm statistics away from their initial values
+        train_step(model, optimizer, images, labels)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = _trained_tiny_model()
+    model_dir = tmp_path_factory.mktemp("tiny-model")
+    meta = {"model_config": TINY, "input_shape": [28, 28, 1], "class_names": ["a", "b", "c", "d"], "test_accuracy": 0.5}
+    written = save_model(model_dir, model, json.loads(json.dumps(meta)))
+    return model, model_dir, written
+
+
+def test_checkpoint_round_trip_is_bit_identical(saved):
+    model, model_dir, written = saved
+    assert written["checkpoint_sha256"] == checkpoint_digest(model_dir / "checkpoint")
+    assert json.loads((model_dir / "metadata.json").read_text()) == written
+    loaded, meta = load_model(model_dir)
+    assert meta == written
+    images, _ = _batch((28, 28, 1), 8, 4, seed=5)
+    model.eval()
+    expected = np.asarray(model(jnp.asarray(images)))
+    got = np.asarray(loaded(jnp.asarray(images)))
+    assert np.array_equal(expected, got)
+    fresh = build_model(TINY, (28, 28, 1), 4, seed=0)
+    fresh.eval()
+    assert not np.array_equal(np.asarray(fresh(jnp.asarray(images))), got)  # restore really restored
+    # the loaded model comes back in eval mode (dropout/BatchNorm deterministic)
+    for _, module in nnx.iter_modules(loaded):
+        if isinstance(module, nnx.BatchNorm):
+            assert module.use_running_average
+        if isinstance(module, nnx.Dropout):
+            assert module.deterministic
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_load_model_rejects_modified_checkpoint(saved, tmp_path):
+    model_dir = _copy(saved[1], tmp_path / "m")
+    load_model(model_dir)  # the copy itself is fine
+    files = sorted(p for p in (model_dir / "checkpoint").rglob("*") if p.is_file())
+    victim = max(files, key=lambda p: p.stat().st_size)
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    victim.write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="digest differs from metadata.json"):
+        load_model(model_dir)
+
+
+def test_load_model_rejects_wrong_digest_in_metadata(saved, tmp_path):
+    model_dir = _copy(saved[1], tmp_path / "m")
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    meta["checkpoint_sha256"] = "0" * 64
+    (model_dir / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="digest differs"):
+        load_model(model_dir)
+
+
+def test_load_model_missing_metadata(saved, tmp_path):
+    model_dir = _copy(saved[1], tmp_path / "m")
+    (model_dir / "metadata.json").unlink()
+    with pytest.raises(ModelError, match=r"metadata\.json not found"):
+        load_model(model_dir)
+
+
+def test_load_model_missing_checkpoint_or_bad_json(saved, tmp_path):
+    model_dir = _copy(saved[1], tmp_path / "m")
+    (model_dir / "metadata.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model(model_dir)
+    other = tmp_path / "only-meta"
+    other.mkdir()
+    (other / "metadata.json").write_text((saved[1] / "metadata.json").read_text())
+    with pytest.raises(ModelError, match="checkpoint not found"):
+        load_model(other)
