@@ -1,0 +1,148 @@
+"""The streamer, collector and report against Google's real Pub/Sub emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from broker import wire
+from broker.pubsub import Publisher
+from streamer.collector import Collector
+from streamer.stream import make_publisher, publish_dataset
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.emulator
+
+
+def run_streamer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def load_report(reports_dir: Path) -> tuple[Path, dict]:
+    (folder,) = [p for p in reports_dir.iterdir() if (p / "report.json").is_file()]
+    return folder, json.loads((folder / "report.json").read_text())
+
+
+@pytest.mark.timeout(240)
+def test_streamed_run_matches_offline_prediction_by_prediction(emulator, suffix, model_dir, tmp_path):
+    from train.evaluate import evaluate_model
+
+    n = 300
+    proc = run_streamer(
+        "--limit",
+        str(n),
+        "--rate",
+        "0",
+        "--streams",
+        "3",
+        "--topic-suffix",
+        suffix,
+        "--model",
+        str(model_dir),
+        "--reports-dir",
+        str(tmp_path),
+        timeout=200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder, report = load_report(tmp_path)
+    counts = report["counts"]
+    assert counts["sent"] == counts["answered"] == n and counts["missing"] == 0 and counts["errors"] == 0
+    offline = evaluate_model(model_dir, n)
+    streamed = {p["index"]: p["prediction"] for p in report["predictions"]}
+    assert sorted(streamed) == list(range(n)), "every request answered exactly once"
+    assert [streamed[i] for i in range(n)] == offline["predictions"].tolist()
+    assert report["accuracy"] == pytest.approx(offline["accuracy"], abs=0)
+    assert report["offline"]["identical"] is True
+    assert report["ordering"]["violations"] == 0
+    assert report["latency_ms"]["p50"] is not None and report["latency_ms"]["p99"] >= report["latency_ms"]["p50"]
+    for name in ("report.md", "report.html", "confusion_matrix.png", "latency.png", "throughput.png"):
+        assert (folder / name).is_file()
+    # `python -m streamer report DIR` shows it again.
+    shown = run_streamer("report", str(folder))
+    assert shown.returncode == 0 and f"{report['accuracy']:.2%}" in shown.stdout
+
+
+def test_rate_limiter_keeps_the_rate(emulator, topology, test_images):
+    publisher = make_publisher(topology.requests_topic_path, 100, 5.0, 2000)
+    try:
+        started = time.monotonic()
+        sent = asyncio.run(publish_dataset(publisher, test_images.images[:400], "rate", 400.0, 4))
+        elapsed = time.monotonic() - started
+    finally:
+        publisher.close()
+    achieved = (len(sent) - 1) / (sent.max() - sent.min())
+    assert 0.9 * 400 <= achieved <= 1.1 * 400, achieved
+    assert 0.9 <= elapsed <= 1.6, elapsed
+
+
+def test_single_image_mode(topology, start_server, suffix):
+    start_server()
+    proc = run_streamer("--index", "0", "--server", "external", "--topic-suffix", suffix, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "label" in proc.stdout and "confidence" in proc.stdout and "(true: Ankle boot)" in proc.stdout
+
+
+def _result_message(run_id: str, i: int, stream: str, seq: int, label: int = 0) -> bytes:
+    result = wire.prediction(f"{run_id}-{i}", stream, seq, time.time_ns(), label, "x", 0.9, [[label, 0.9]], {})
+    return wire.encode_results([result], "test-model")[0]
+
+
+def test_duplicate_result_is_counted_once(topology):
+    labels = np.zeros(2, np.int32)
+    collector = Collector("dup", labels, [str(i) for i in range(10)])
+    subscription = collector.subscribe(topology.results_subscription_path)
+    publisher = Publisher(topology.results_topic_path)
+    try:
+        for data in (
+            _result_message("dup", 0, "0", 0),
+            _result_message("dup", 0, "0", 0),
+            _result_message("dup", 1, "0", 1),
+        ):
+            publisher.publish(data, "0").result(timeout=10)
+        assert collector.wait(30)
+        time.sleep(0.5)
+    finally:
+        publisher.close()
+        subscription.close()
+    summary = collector.summary({})
+    assert summary["counts"]["answered"] == 2 and summary["counts"]["duplicates"] == 1
+    assert summary["counts"]["correct"] == 2
+
+
+def test_collector_detects_ordering_violations():
+    collector = Collector("ord", np.zeros(4, np.int32), [str(i) for i in range(10)])
+    for i, seq in ((0, 0), (2, 2), (1, 1), (3, 3)):  # seq 1 arrives after seq 2 on stream "a"
+        collector.add_message(_result_message("ord", i, "a", seq))
+    summary = collector.summary({})
+    assert summary["ordering"]["violations"] == 1 and summary["ordering"]["by_stream"] == {"a": 1}
+
+
+def test_missing_results_are_reported_after_the_timeout(emulator, suffix, tmp_path):
+    """No server is running: nothing is answered, and the report names every missing request."""
+    proc = run_streamer(
+        "--limit",
+        "5",
+        "--server",
+        "external",
+        "--timeout",
+        "4",
+        "--topic-suffix",
+        suffix,
+        "--reports-dir",
+        str(tmp_path),
+        "--no-verify",
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    _, report = load_report(tmp_path)
+    assert report["counts"]["missing"] == 5 and len(report["missing"]) == 5
+    assert "missing 5" in proc.stdout
