@@ -1,0 +1,592 @@
+"""The benchmark harness: every figure measured side by side, in one run, on this machine.
+
+Scenarios (each on fresh topic names, against one shared emulator):
+  model      jitted model alone, img/s per batch bucket (no broker)
+  echo       the same server transport with a constant answer: the broker's own floor
+  naive      streaming pull, batch 1, one result message and one ack per request
+  server     the real server: throughput at --rate 0, latency at --rate 200, a rate sweep
+  replicas   one against two server replicas
+  drain      the server alone draining a pre-filled subscription (serving efficiency)
+  coldstart  `python -m streamer --index 0` from nothing (emulator + server + model) to the result
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from broker import wire
+from broker.emulator import Emulator, free_port
+from broker.pubsub import EMULATOR_PROJECT, Publisher, PublishSettings, Topology, ensure_topology
+from train.checkpoint import DEFAULT_MODEL_DIR, load_model
+from train.data import load_fashion_mnist
+from train.model import make_predict_fn
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKETS = (8, 32, 64, 128, 256)
+MODEL_DIR = DEFAULT_MODEL_DIR  # main() may point it elsewhere (--model)
+P99_THRESHOLD_MS = 100.0
+TARGETS = {
+    "throughput_img_s": 2500.0,
+    "vs_naive": 5.0,
+    "p50_over_echo_ms": 5.0,
+    "p99_over_echo_ms": 20.0,
+    "drain_efficiency": 0.5,
+    "cold_start_s": 15.0,
+    "server_rss_mb": 1024.0,
+}
+
+
+# ------------------------------------------------------------ processes
+class Server:
+    """A server subprocess (real, echo or naive) on its own topic suffix."""
+
+    def __init__(self, kind: str, suffix: str, replicas: int = 1, extra: tuple[str, ...] = ()):
+        module = "bench.naive_server" if kind == "naive" else "server"
+        cmd = [sys.executable, "-m", module, "--topic-suffix", suffix, "--model", str(MODEL_DIR), *extra]
+        if kind != "naive":
+            cmd += ["--replicas", str(replicas)] + (["--echo"] if kind == "echo" else [])
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{kind}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
+        )
+        self.pids: list[int] = []
+        deadline = time.monotonic() + 180
+        while len(self.pids) < replicas:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{kind} server died at start; log {self.log.name}")
+            if line.startswith("server ready"):
+                self.pids.append(int(re.search(r"pid (\d+)", line).group(1)))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} server not ready in time; log {self.log.name}")
+
+    def cpu_s(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def peak_rss_mb(self) -> float:
+        return max(peak_rss_mb(pid) for pid in self.pids)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def server(kind: str, suffix: str, replicas: int = 1, extra: tuple[str, ...] = ()):
+    srv = Server(kind, suffix, replicas, extra)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+        return int(match.group(1)) / 1024 if match else 0.0
+    return 0.0
+
+
+def stream(
+    suffix: str,
+    limit: int,
+    rate: float,
+    streams: int = 4,
+    verify: bool = False,
+    emulator_pid: int | None = None,
+    server_obj: Server | None = None,
+) -> dict:
+    """Run `python -m streamer --server external` and return its report (plus CPU use per process)."""
+    with tempfile.TemporaryDirectory() as reports:
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamer",
+            "--server",
+            "external",
+            "--topic-suffix",
+            suffix,
+            "--limit",
+            str(limit),
+            "--rate",
+            str(rate),
+            "--streams",
+            str(streams),
+            "--reports-dir",
+            reports,
+            "--timeout",
+            "300",
+        ]
+        cmd += ["--model", str(MODEL_DIR)] if verify else ["--no-verify"]
+        before = {
+            "emulator": cpu_seconds(emulator_pid) if emulator_pid else 0.0,
+            "server": server_obj.cpu_s() if server_obj else 0.0,
+        }
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        streamer_cpu = 0.0
+        while proc.poll() is None:  # sample the streamer's CPU while it lives
+            streamer_cpu = max(streamer_cpu, cpu_seconds(proc.pid))
+            time.sleep(0.05)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        folder = next(Path(reports).iterdir(), None)
+        if folder is None:
+            raise RuntimeError(f"streamer wrote no report (exit {proc.returncode}): {out[-500:]}")
+        report = json.loads((folder / "report.json").read_text())
+    report["cpu_s"] = {
+        "emulator": (cpu_seconds(emulator_pid) - before["emulator"]) if emulator_pid else None,
+        "server": (server_obj.cpu_s() - before["server"]) if server_obj else None,
+        "streamer+collector": streamer_cpu,
+    }
+    report.pop("predictions", None)
+    return report
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "runs": values}
+
+
+def fresh() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+# ------------------------------------------------------------ scenarios
+def bench_model(model_dir) -> dict:
+    model, _ = load_model(model_dir)
+    predict, state = make_predict_fn(model)
+    out = {}
+    for size in BUCKETS:
+        x = np.zeros((size, 28, 28, 1), np.uint8)
+        predict(state, x).block_until_ready()
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 1.0:
+            predict(state, x).block_until_ready()
+            n += size
+        out[str(size)] = n / (time.perf_counter() - started)
+    return out
+
+
+def throughput_runs(kind: str, n: int, repeats: int, emulator: Emulator, replicas: int = 1) -> dict:
+    runs, cpu, rss, correct = [], [], [], []
+    for _ in range(repeats):
+        suffix = fresh()
+        ensure_topology(Topology(EMULATOR_PROJECT).with_suffix(suffix))
+        with server(kind, suffix, replicas) as srv:
+            report = stream(suffix, n, 0, emulator_pid=emulator.process.pid, server_obj=srv)
+            rss.append(srv.peak_rss_mb())
+        runs.append(report["throughput"]["img_per_s"])
+        cpu.append(report["cpu_s"])
+        correct.append({k: report["counts"][k] for k in ("sent", "answered", "missing", "duplicates", "errors")})
+    return {"img_per_s": spread(runs), "cpu_s": cpu, "peak_rss_mb": max(rss), "counts": correct, "images": n}
+
+
+def latency_run(kind: str, n: int, rate: float, verify: bool = False) -> dict:
+    suffix = fresh()
+    ensure_topology(Topology(EMULATOR_PROJECT).with_suffix(suffix))
+    with server(kind, suffix):
+        report = stream(suffix, n, rate, verify=verify)
+    return {
+        "rate": rate,
+        "images": n,
+        "latency_ms": report["latency_ms"],
+        "achieved_rate": report["run"]["rate_achieved"],
+        "counts": report["counts"],
+        "offline": report.get("offline"),
+        "accuracy": report["accuracy"],
+        "ordering_violations": report["ordering"]["violations"],
+        "server": report["server"],
+    }
+
+
+def rate_sweep(rates: list[float], seconds: float) -> list[dict]:
+    suffix = fresh()
+    ensure_topology(Topology(EMULATOR_PROJECT).with_suffix(suffix))
+    points = []
+    with server("server", suffix):
+        for rate in rates:
+            report = stream(suffix, int(min(10000, rate * seconds)), rate)
+            points.append(
+                {
+                    "rate": rate,
+                    "achieved": report["run"]["rate_achieved"],
+                    **report["latency_ms"],
+                    "missing": report["counts"]["missing"],
+                }
+            )
+    return points
+
+
+def drain_runs(n: int, repeats: int, images: np.ndarray) -> dict:
+    """Pre-fill the request subscription, then time the server alone answering all of it."""
+    runs = []
+    for _ in range(repeats):
+        suffix = fresh()
+        topo = Topology(EMULATOR_PROJECT).with_suffix(suffix)
+        ensure_topology(topo)
+        publisher = Publisher(topo.requests_topic_path, PublishSettings(max_messages=500, max_latency_s=0.01))
+        futures = []
+        for i in range(n):
+            data, attrs = wire.encode_request(images[i], f"d-{i}", stream=str(i % 4), seq=i // 4)
+            futures.append(publisher.publish(data, attrs["stream"], **attrs))
+        for f in futures:
+            f.result()
+        publisher.close()
+        port = free_port()
+        with server("server", suffix, extra=("--metrics-port", str(port))):
+            started = time.monotonic()
+            while (done := results_total(port)) < n:
+                if time.monotonic() - started > 120:
+                    raise RuntimeError(f"drain stalled at {done}/{n}")
+                time.sleep(0.02)
+            runs.append(n / (time.monotonic() - started))
+    return {"img_per_s": spread(runs), "images": n}
+
+
+def results_total(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        match = re.search(r"^icc_results_total ([0-9.e+]+)$", resp.read().decode(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def cold_start(repeats: int) -> dict:
+    """From `python -m streamer --index 0` with no broker running to its printed result."""
+    env = {k: v for k, v in os.environ.items() if k != "PUBSUB_EMULATOR_HOST"}
+    runs = []
+    for _ in range(repeats):
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "streamer", "--index", "0", "--model", str(MODEL_DIR)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"cold start failed: {proc.stderr[-300:]}")
+        runs.append(time.monotonic() - started)
+    return {"seconds": spread(runs)}
+
+
+# ------------------------------------------------------------ reporting
+def machine() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    from importlib.metadata import version
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("jax", "flax", "google-cloud-pubsub", "grpcio", "numpy")},
+        "emulator": "google-cloud-cli-pubsub-emulator (gcloud SDK) " + _gcloud_version(),
+    }
+
+
+def _gcloud_version() -> str:
+    with contextlib.suppress(Exception):
+        return Path("/usr/lib/google-cloud-sdk/VERSION").read_text().strip()
+    return "?"
+
+
+def verdicts(r: dict) -> list[dict]:
+    """The issue's target table, every ratio from this run."""
+    rows = []
+
+    def add(metric, value, target, ok, note=""):
+        rows.append({"metric": metric, "value": value, "target": target, "pass": ok, "note": note})
+
+    if "server" in r and "naive" in r:
+        tp = r["server"]["throughput"]["img_per_s"]["median"]
+        add(
+            "throughput, 10k at --rate 0 (median)",
+            f"{tp:.0f} img/s",
+            f">= {TARGETS['throughput_img_s']:.0f} img/s",
+            tp >= TARGETS["throughput_img_s"],
+        )
+        ratio = tp / r["naive"]["throughput"]["img_per_s"]["median"]
+        add(
+            "vs naive server, same run", f"{ratio:.1f}x", f">= {TARGETS['vs_naive']:.0f}x", ratio >= TARGETS["vs_naive"]
+        )
+    if "server" in r and "echo" in r:
+        s, e = r["server"]["latency"]["latency_ms"], r["echo"]["latency"]["latency_ms"]
+        d50, d99 = s["p50"] - e["p50"], s["p99"] - e["p99"]
+        add(
+            "p50 at --rate 200 over echo floor",
+            f"{s['p50']:.1f} - {e['p50']:.1f} = {d50:+.1f} ms",
+            "<= +5 ms",
+            d50 <= TARGETS["p50_over_echo_ms"],
+        )
+        add(
+            "p99 at --rate 200 over echo floor",
+            f"{s['p99']:.1f} - {e['p99']:.1f} = {d99:+.1f} ms",
+            "<= +20 ms",
+            d99 <= TARGETS["p99_over_echo_ms"],
+        )
+    if "drain" in r and "model" in r:
+        d = r["drain"]["img_per_s"]["median"]
+        m = r["model"][str(max(BUCKETS))]
+        add(
+            "serving efficiency (drain / model-only @256)",
+            f"{d:.0f} / {m:.0f} = {d / m:.0%}",
+            ">= 50%",
+            d / m >= TARGETS["drain_efficiency"],
+        )
+    if "coldstart" in r:
+        c = r["coldstart"]["seconds"]["median"]
+        add("cold start, streamer --index 0 to result", f"{c:.1f} s", "<= 15 s", c <= TARGETS["cold_start_s"])
+    if "server" in r:
+        rss = r["server"]["throughput"]["peak_rss_mb"]
+        add("server peak RSS", f"{rss:.0f} MB", "<= 1024 MB", rss <= TARGETS["server_rss_mb"])
+    return rows
+
+
+def write_outputs(r: dict, out_dir: Path, docs_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = r["date"].replace(":", "").replace("-", "")
+    json_path = out_dir / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(r, indent=1))
+    (out_dir / "latest.json").write_text(json.dumps(r, indent=1))
+    plots = plot(r, docs_dir / "bench")
+    md = render_markdown(r, plots, docs_dir)
+    target = docs_dir / "benchmarks.md"
+    text = target.read_text() if target.is_file() else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    target.write_text(f"{head}{begin}\n{md}\n{end}{tail}")
+    return json_path, target
+
+
+def plot(r: dict, folder: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    if r.get("sweep"):
+        pts = r["sweep"]
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+        rates = [p["achieved"] or p["rate"] for p in pts]
+        for key, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^-")):
+            ax.plot(rates, [p[key] for p in pts], style, label=key)
+        ax.axhline(P99_THRESHOLD_MS, color="grey", ls=":", label=f"p99 threshold {P99_THRESHOLD_MS:.0f} ms")
+        ax.set_xlabel("offered rate (img/s, achieved)")
+        ax.set_ylabel("end-to-end latency (ms)")
+        ax.set_yscale("log")
+        ax.set_title("Latency against offered rate (real server, 1 replica)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths["sweep"] = folder / "rate_sweep.png"
+        fig.savefig(paths["sweep"])
+        plt.close(fig)
+    bars = [
+        (name, r[key]["throughput"]["img_per_s"])
+        for key, name in (("naive", "naive"), ("echo", "echo floor"), ("server", "server"), ("replicas", "server x2"))
+        if key in r and "throughput" in r[key]
+    ]
+    if bars:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+        meds = [b[1]["median"] for b in bars]
+        err = [[m - b[1]["min"] for m, b in zip(meds, bars)], [b[1]["max"] - m for m, b in zip(meds, bars)]]
+        ax.bar([b[0] for b in bars], meds, yerr=err, capsize=6, color=["#bbb", "#8ab", "#47a", "#258"][: len(bars)])
+        for i, m in enumerate(meds):
+            ax.text(i, m, f"{m:.0f}", ha="center", va="bottom")
+        ax.axhline(TARGETS["throughput_img_s"], color="red", ls="--", label="target 2,500 img/s")
+        ax.set_ylabel("img/s, 10k images at --rate 0 (median, min-max)")
+        ax.set_title("End-to-end throughput on 2 cores")
+        ax.legend()
+        fig.tight_layout()
+        paths["throughput"] = folder / "throughput.png"
+        fig.savefig(paths["throughput"])
+        plt.close(fig)
+    return paths
+
+
+def render_markdown(r: dict, plots: dict, docs_dir: Path) -> str:
+    m = r["machine"]
+    lines = [
+        f"## Latest run: {r['date']}",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu']}; Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + f"; {m['emulator']}.",
+        f"Settings: {json.dumps(r['settings'])}. Repeats: {r['repeats']} (min / median / max).",
+        "",
+        "| metric | this run | target | verdict |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {v['metric']} | {v['value']} | {v['target']} | {'PASS' if v['pass'] else 'MISS'} |" for v in r["verdicts"]
+    ]
+    lines += [
+        "",
+        "| scenario | img/s min / median / max | server CPU s | emulator CPU s | streamer+collector CPU s |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("naive", "echo", "server", "replicas"):
+        t = r.get(key, {}).get("throughput")
+        if not t:
+            continue
+        s = t["img_per_s"]
+        cpu = t["cpu_s"][len(t["cpu_s"]) // 2]
+        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(
+            f"| {key} ({t['images']} images) | {s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f} | {fmt(cpu['server'])} | {fmt(cpu['emulator'])} | {fmt(cpu['streamer+collector'])} |"
+        )
+    if "drain" in r:
+        s = r["drain"]["img_per_s"]
+        lines.append(
+            f"| drain, server alone ({r['drain']['images']} pre-filled) | {s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f} | | | |"
+        )
+    if "model" in r:
+        lines += [
+            "",
+            "Model only (jitted, no broker), img/s by batch size: "
+            + ", ".join(f"{b}: {v:.0f}" for b, v in r["model"].items()),
+        ]
+    for key in ("echo", "server"):
+        lat = r.get(key, {}).get("latency")
+        if lat:
+            ms = lat["latency_ms"]
+            lines.append(
+                f"\nLatency at --rate {lat['rate']:.0f} ({key}, {lat['images']} images, achieved {lat['achieved_rate']} img/s): "
+                f"p50 {ms['p50']} ms, p90 {ms['p90']} ms, p99 {ms['p99']} ms, max {ms['max']} ms."
+            )
+            if lat.get("offline"):
+                o = lat["offline"]
+                lines.append(
+                    f"Correctness: {lat['counts']['answered']}/{lat['counts']['sent']} answered, {lat['counts']['duplicates']} duplicates, "
+                    f"{o['agree']}/{o['compared']} predictions equal to offline evaluation, ordering violations {lat['ordering_violations']}."
+                )
+    if r.get("sweep"):
+        ok = [p for p in r["sweep"] if p["p99"] is not None and p["p99"] < P99_THRESHOLD_MS and not p["missing"]]
+        best = max((p["achieved"] or p["rate"] for p in ok), default=None)
+        lines += [
+            "",
+            f"Rate sweep (real server): highest offered rate with p99 < {P99_THRESHOLD_MS:.0f} ms: "
+            + (f"**{best:.0f} img/s**." if best else "none."),
+            "",
+            "| offered | achieved | p50 ms | p90 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['rate']:.0f} | {p['achieved']} | {p['p50']} | {p['p90']} | {p['p99']} | {p['max']} |"
+            for p in r["sweep"]
+        ]
+    for name, path in plots.items():
+        lines.append(f"\n![{name}]({path.relative_to(docs_dir).as_posix()})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+def main(args) -> int:
+    quick = args.quick
+    repeats = 1 if quick else args.repeats
+    n_full = 3000 if quick else 10000
+    only = set(args.only or ["model", "echo", "naive", "server", "replicas", "drain", "sweep", "coldstart"])
+    global MODEL_DIR
+    MODEL_DIR = model_dir = Path(args.model).resolve() if args.model else DEFAULT_MODEL_DIR
+    r: dict = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "repeats": repeats,
+        "settings": {
+            "buckets": list(BUCKETS),
+            "config": "configs/stream.py defaults",
+            "streams": 4,
+            "full_set": n_full,
+            "latency_images": 2000 if not quick else 1000,
+        },
+    }
+    started = time.monotonic()
+
+    def step(name: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {name}", flush=True)
+
+    if "model" in only:
+        step("model only")
+        r["model"] = bench_model(model_dir)
+    with Emulator() as emulator:
+        os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+        lat_n = r["settings"]["latency_images"]
+        if "echo" in only:
+            step("echo floor")
+            r["echo"] = {
+                "throughput": throughput_runs("echo", n_full, repeats, emulator),
+                "latency": latency_run("echo", lat_n, 200),
+            }
+        if "naive" in only:
+            step("naive baseline")
+            r["naive"] = {"throughput": throughput_runs("naive", 3000 if not quick else 1000, repeats, emulator)}
+        if "server" in only:
+            step("real server")
+            r["server"] = {
+                "throughput": throughput_runs("server", n_full, repeats, emulator),
+                "latency": latency_run("server", lat_n, 200, verify=True),
+            }
+        if "replicas" in only:
+            step("two replicas")
+            r["replicas"] = {"throughput": throughput_runs("server", n_full, repeats, emulator, replicas=2)}
+        if "drain" in only:
+            step("drain (server alone)")
+            r["drain"] = drain_runs(n_full, repeats, load_fashion_mnist("test").images)
+        if "sweep" in only:
+            step("rate sweep")
+            r["sweep"] = rate_sweep(
+                [200, 500, 1000, 1500, 2000, 3000] if not quick else [200, 1000], 4.0 if not quick else 2.0
+            )
+        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+    if "coldstart" in only:
+        step("cold start")
+        r["coldstart"] = cold_start(1 if quick else min(repeats, 2))
+    r["verdicts"] = verdicts(r)
+    r["wall_s"] = round(time.monotonic() - started, 1)
+    json_path, md_path = write_outputs(r, REPO / args.out, REPO / args.docs)
+    print()
+    for v in r["verdicts"]:
+        print(f"  {'PASS' if v['pass'] else 'MISS'}  {v['metric']:<48} {v['value']:<28} target {v['target']}")
+    print(f"\nbench took {r['wall_s']:.0f}s -> {json_path}, {md_path}")
+    return 0
