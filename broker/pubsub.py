@@ -20,7 +20,8 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1 import types
-from google.pubsub_v1.types import DeadLetterPolicy
+from google.pubsub_v1.services.publisher.client import PublisherClient as GapicPublisherClient
+from google.pubsub_v1.types import DeadLetterPolicy, PublishRequest
 
 from broker.emulator import Emulator, port_open
 from broker.errors import BrokerError
@@ -265,6 +266,42 @@ class Publisher:
     def close(self) -> None:
         """Flush what is batched and stop the background threads."""
         self.client.stop()
+
+
+class BulkPublisher:
+    """Publishes whole batches of requests, one Publish RPC per batch, one batch in flight.
+
+    The client's publish() costs tens of µs of Python per message (a proto-plus
+    message, a future, a sequencer, a flow-control entry); building the raw
+    protobufs of a batch costs a few µs per message. Sending batches strictly one
+    after another keeps every ordering key in order, and the caller waiting for
+    each batch bounds memory (that wait is the flow control).
+    """
+
+    def __init__(self, topic_path: str, timeout: float = 60.0):
+        self.topic_path = topic_path
+        self.client = pubsub_v1.PublisherClient()
+        self.timeout = timeout
+        self._raw_request = PublishRequest.pb()
+        self._lock = threading.Lock()
+
+    def publish_batch(self, items: Sequence[tuple[bytes, Mapping[str, str], str]]) -> list[str]:
+        """Publish (data, attributes, ordering_key) items in order; returns their message ids."""
+        request = self._raw_request(topic=self.topic_path)
+        for data, attributes, key in items:
+            message = request.messages.add(data=data, ordering_key=key)
+            message.attributes.update(attributes)
+        with self._lock:  # one RPC in flight: per-key order across batches
+            try:
+                response = GapicPublisherClient.publish(
+                    self.client, request=PublishRequest.wrap(request), retry=_CALL_RETRY, timeout=self.timeout
+                )
+            except gexc.GoogleAPICallError as err:
+                raise BrokerError(f"publish to {self.topic_path} failed: {_short(err)}") from None
+        return list(response.message_ids)
+
+    def close(self) -> None:
+        self.client.transport.close()
 
 
 # ------------------------------------------------------------ unary pulling

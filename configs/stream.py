@@ -51,9 +51,6 @@ def get_config() -> ml_collections.ConfigDict:
             streams=4,
             limit=0,  # 0 = the whole test set
             content_type="raw",  # raw | png
-            publish_max_messages=100,
-            publish_max_latency_ms=5.0,
-            publish_flow_messages=2000,
         )
     )
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from broker import wire
 from broker.errors import BrokerError
-from broker.pubsub import Puller, Topology, broker_session, ensure_topology, pull_all
+from broker.pubsub import Publisher, PublishSettings, Puller, Topology, broker_session, ensure_topology, pull_all
 from configs import load_config
 from streamer.collector import Collector
 from streamer.stream import make_publisher, publish_dataset, request_for
@@ -137,9 +137,7 @@ async def stream_and_collect(args, config, topo: Topology, run_id: str) -> dict:
     received_bar.update(collector.count_answered())
     collector.on_progress = received_bar.update
     subscription = collector.subscribe(topo.results_subscription_path)
-    publisher = make_publisher(
-        topo.requests_topic_path, s.publish_max_messages, s.publish_max_latency_ms, s.publish_flow_messages
-    )
+    publisher = make_publisher(topo.requests_topic_path)
     started = time.time()
     sent_s = None
     try:
@@ -298,7 +296,7 @@ def run_single(args, config) -> int:
 
 
 def send_one(topo: Topology, payload, content_type: str, run_id: str, timeout: float) -> dict:
-    publisher = make_publisher(topo.requests_topic_path, 1, 1.0, 10)
+    publisher = Publisher(topo.requests_topic_path, PublishSettings(max_messages=1, max_latency_s=0.0))
     puller = Puller(topo.results_subscription_path)
     request_id = f"{run_id}-0"
     try:
@@ -308,7 +306,7 @@ def send_one(topo: Topology, payload, content_type: str, run_id: str, timeout: f
             else wire.encode_request(payload, request_id, stream="0", seq=0, content_type=content_type)
         )
         sent = time.monotonic()
-        publisher.publish(data, attributes["stream"], **attributes).result(timeout=30)
+        publisher.publish(data, attributes["stream"], **attributes).result(timeout=30)  # BLOCK flow control, 1 msg
         deadline = sent + timeout
         while time.monotonic() < deadline:
             for message in puller.pull(timeout=2.0):

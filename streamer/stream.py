@@ -2,7 +2,9 @@
 
 Pacing follows an absolute schedule (image i is due at t0 + i/rate), so a late
 wake-up is caught up at once instead of drifting; at --rate 0 it publishes as fast
-as publisher flow control (BLOCK) lets it, which also bounds memory.
+as the broker accepts batches. Publishing goes through broker.pubsub.BulkPublisher
+(one Publish RPC per due batch) because the client's per-message publish() was
+the streamer's main CPU cost (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from broker import wire
-from broker.pubsub import Publisher, PublishSettings
+from broker.pubsub import BulkPublisher
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -34,7 +36,7 @@ def request_for(index: int, image: np.ndarray, run_id: str, streams: int, conten
 
 
 async def publish_dataset(
-    publisher: Publisher,
+    publisher: BulkPublisher,
     images: np.ndarray,
     run_id: str,
     rate: float,
@@ -42,34 +44,38 @@ async def publish_dataset(
     content_type: str = wire.RAW,
     on_published: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    max_batch: int = 1000,
 ) -> np.ndarray:
-    """Publish every image; returns the send time (time.time()) of each. Raises on publish failure."""
+    """Publish every image; returns the send time (time.time()) of each. Raises BrokerError on failure.
+
+    What is due is sent as one batch; the next batch is built while the previous
+    one is in flight, and at most one is in flight (per-key order, bounded memory).
+    """
     sent_s = np.full(len(images), np.nan)
-    futures = []
     start = time.monotonic()
+    in_flight: asyncio.Future | None = None
     i = 0
-    while i < len(images):
-        if stop is not None and stop.is_set():
-            break
+    while i < len(images) and not (stop is not None and stop.is_set()):
         due = len(images) if rate <= 0 else min(len(images), int((time.monotonic() - start) * rate) + 1)
-        # Publish what is due now (at most a chunk, so the loop stays responsive).
-        for j in range(i, min(due, i + 500)):
+        if due <= i:
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            continue
+        end = min(due, i + max_batch)
+        items = []
+        for j in range(i, end):
             data, attributes = request_for(j, images[j], run_id, streams, content_type)
             sent_s[j] = int(attributes["sent_ns"]) / 1e9
-            futures.append(publisher.publish(data, attributes["stream"], **attributes))
-        if on_published and due > i:
-            on_published(min(due, i + 500) - i)
-        i = min(due, i + 500)
-        if rate > 0 and i < len(images):
-            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-        else:
-            await asyncio.sleep(0)
-    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            items.append((data, attributes, attributes["stream"]))
+        if in_flight is not None:
+            await in_flight
+        in_flight = asyncio.ensure_future(asyncio.to_thread(publisher.publish_batch, items))
+        if on_published:
+            in_flight.add_done_callback(lambda f, n=end - i: f.exception() is None and on_published(n))
+        i = end
+    if in_flight is not None:
+        await in_flight
     return sent_s
 
 
-def make_publisher(topic_path: str, max_messages: int, max_latency_ms: float, flow_messages: int) -> Publisher:
-    return Publisher(
-        topic_path,
-        PublishSettings(max_messages=max_messages, max_latency_s=max_latency_ms / 1000, flow_messages=flow_messages),
-    )
+def make_publisher(topic_path: str) -> BulkPublisher:
+    return BulkPublisher(topic_path)

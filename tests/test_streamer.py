@@ -72,7 +72,7 @@ def test_streamed_run_matches_offline_prediction_by_prediction(emulator, suffix,
 
 
 def test_rate_limiter_keeps_the_rate(emulator, topology, test_images):
-    publisher = make_publisher(topology.requests_topic_path, 100, 5.0, 2000)
+    publisher = make_publisher(topology.requests_topic_path)
     try:
         started = time.monotonic()
         sent = asyncio.run(publish_dataset(publisher, test_images.images[:400], "rate", 400.0, 4))
