@@ -197,12 +197,14 @@ def bench_model(model_dir) -> dict:
     return out
 
 
-def throughput_runs(kind: str, n: int, repeats: int, emulator: Emulator, replicas: int = 1) -> dict:
+def throughput_runs(
+    kind: str, n: int, repeats: int, emulator: Emulator, replicas: int = 1, extra: tuple[str, ...] = ()
+) -> dict:
     runs, cpu, rss, correct = [], [], [], []
     for _ in range(repeats):
         suffix = fresh()
         ensure_topology(Topology(EMULATOR_PROJECT).with_suffix(suffix))
-        with server(kind, suffix, replicas) as srv:
+        with server(kind, suffix, replicas, extra) as srv:
             report = stream(suffix, n, 0, emulator_pid=emulator.process.pid, server_obj=srv)
             rss.append(srv.peak_rss_mb())
         runs.append(report["throughput"]["img_per_s"])
@@ -466,7 +468,7 @@ def render_markdown(r: dict, plots: dict, docs_dir: Path) -> str:
         "| scenario | img/s min / median / max | server CPU s | emulator CPU s | streamer+collector CPU s |",
         "|---|---|---|---|---|",
     ]
-    for key in ("naive", "echo", "server", "replicas"):
+    for key in ("naive", "echo", "echo_ungrouped", "server", "replicas"):
         t = r.get(key, {}).get("throughput")
         if not t:
             continue
@@ -526,7 +528,9 @@ def main(args) -> int:
     quick = args.quick
     repeats = 1 if quick else args.repeats
     n_full = 3000 if quick else 10000
-    only = set(args.only or ["model", "echo", "naive", "server", "replicas", "drain", "sweep", "coldstart"])
+    only = set(
+        args.only or ["model", "echo", "ungrouped", "naive", "server", "replicas", "drain", "sweep", "coldstart"]
+    )
     global MODEL_DIR
     MODEL_DIR = model_dir = Path(args.model).resolve() if args.model else DEFAULT_MODEL_DIR
     r: dict = {
@@ -557,6 +561,11 @@ def main(args) -> int:
             r["echo"] = {
                 "throughput": throughput_runs("echo", n_full, repeats, emulator),
                 "latency": latency_run("echo", lat_n, 200),
+            }
+        if "ungrouped" in only:
+            step("echo floor, one result message per request")
+            r["echo_ungrouped"] = {
+                "throughput": throughput_runs("echo", n_full, 1, emulator, extra=("--no-group-results",))
             }
         if "naive" in only:
             step("naive baseline")

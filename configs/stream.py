@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
             log_interval_s=10.0,
             metrics_port=0,  # 0 = no Prometheus endpoint
             replicas=1,
+            group_results=True,  # one result message per (batch, stream): see docs/benchmarks.md
         )
     )
 

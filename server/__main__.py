@@ -22,6 +22,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float)
     parser.add_argument("--metrics-port", type=int, help="expose Prometheus metrics on this port")
     parser.add_argument(
+        "--no-group-results", action="store_true", help="one result message per request (for benchmarks)"
+    )
+    parser.add_argument(
         "--echo", action="store_true", help="benchmark floor: same transport, constant result, no model"
     )
     parser.add_argument("--log-level", default="INFO")

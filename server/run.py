@@ -55,6 +55,7 @@ def settings_from(config) -> ServerSettings:
         drain_timeout_s=s.drain_timeout_s,
         log_interval_s=s.log_interval_s,
         ack_deadline_s=config.broker.ack_deadline_s,
+        group_results=s.group_results,
     )
 
 
@@ -67,6 +68,8 @@ def apply_overrides(config, args: argparse.Namespace):
     ):
         if getattr(args, flag, None) is not None:
             config.server[key] = getattr(args, flag)
+    if getattr(args, "no_group_results", False):
+        config.server.group_results = False
     if args.project:
         config.broker.project = args.project
     if args.model:

@@ -52,6 +52,7 @@ class ServerSettings:
     drain_timeout_s: float = 20.0
     log_interval_s: float = 10.0
     ack_deadline_s: int = 30
+    group_results: bool = True  # False: one result message per request (kept to measure the difference)
 
     def __post_init__(self):
         buckets = tuple(sorted(set(self.buckets) | {self.max_batch_size}))
@@ -316,13 +317,14 @@ class InferenceServer:
         self.window.append((done, len(batch), done - batch[0].pulled))
 
     def publish_grouped(self, batch: list[Pending], results: list[dict]) -> None:
-        """One result message per stream in this batch, ordered by the stream's key."""
-        groups: dict[str, tuple[list[dict], list[str]]] = {}
-        for p, result in zip(batch, results):
-            entry = groups.setdefault(_stream(p.msg), ([], []))
+        """One result message per stream in this batch (or per request, if not grouping), keyed by stream."""
+        groups: dict[tuple, tuple[list[dict], list[str]]] = {}
+        for k, (p, result) in enumerate(zip(batch, results)):
+            key = (_stream(p.msg),) if self.settings.group_results else (_stream(p.msg), k)
+            entry = groups.setdefault(key, ([], []))
             entry[0].append(result)
             entry[1].append(p.msg.ack_id)
-        for stream, (group, ack_ids) in groups.items():
+        for (stream, *_), (group, ack_ids) in groups.items():
             data, attributes = wire.encode_results(group, self.model.identity, self.replica)
             try:
                 future = self.publisher.publish(data, stream, **attributes)
