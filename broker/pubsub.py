@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 
@@ -21,6 +22,7 @@ from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1 import types
 from google.pubsub_v1.services.publisher.client import PublisherClient as GapicPublisherClient
+from google.pubsub_v1.services.subscriber.client import SubscriberClient as GapicSubscriberClient
 from google.pubsub_v1.types import DeadLetterPolicy, PublishRequest
 
 from broker.emulator import Emulator, port_open
@@ -134,6 +136,8 @@ def check_reachable(project: str, timeout: float = 15.0) -> None:
                 request={"project": f"projects/{project}", "page_size": 1}, retry=retry, timeout=timeout
             )
         )
+    except gexc.PermissionDenied:
+        return  # it answered; narrow runtime roles need not include pubsub.topics.list
     except gexc.GoogleAPICallError as err:
         raise BrokerError(
             f"Pub/Sub at {host or 'pubsub.googleapis.com'} is unreachable for project {project}: {_short(err)}"
@@ -150,12 +154,13 @@ def _short(err: Exception) -> str:
 
 # ----------------------------------------------------------------- topology
 def create_topic(publisher: pubsub_v1.PublisherClient, path: str) -> None:
-    with contextlib.suppress(gexc.AlreadyExists):
+    """Create if missing; without the right to create, assume an operator made it (docs/deploy.md)."""
+    with contextlib.suppress(gexc.AlreadyExists, gexc.PermissionDenied):
         publisher.create_topic(request={"name": path}, retry=_CALL_RETRY, timeout=_CALL_TIMEOUT)
 
 
 def create_subscription(subscriber: pubsub_v1.SubscriberClient, path: str, topic: str, **options) -> None:
-    with contextlib.suppress(gexc.AlreadyExists):
+    with contextlib.suppress(gexc.AlreadyExists, gexc.PermissionDenied):
         subscriber.create_subscription(
             request={"name": path, "topic": topic, **options}, retry=_CALL_RETRY, timeout=_CALL_TIMEOUT
         )
@@ -322,33 +327,53 @@ class Puller:
 
     Streaming pull costs one callback and one ack RPC per message in the Python
     client; unary pull + batched acks moves that cost from per-message to per-batch.
+
+    Against the emulator, pulls use return_immediately and a short back-off
+    instead of long polls (`poll=True`, the default when PUBSUB_EMULATOR_HOST is
+    set). The emulator (gcloud 528) mishandles a long poll that the client
+    cancels (NoSuchMethodError in its RST_STREAM handling, see its log), and
+    hands messages to pulls nobody waits for any more; its long polls also
+    add ~30 ms of delivery latency. Real Pub/Sub gets ordinary long polls.
     """
 
-    def __init__(self, subscription_path: str, max_messages: int = 1000):
+    def __init__(self, subscription_path: str, max_messages: int = 1000, poll: bool | None = None):
         self.subscription_path = subscription_path
         self.max_messages = max_messages
+        self.poll = bool(os.environ.get("PUBSUB_EMULATOR_HOST")) if poll is None else poll
         self.client = pubsub_v1.SubscriberClient()
 
     def pull(self, max_messages: int | None = None, timeout: float = 2.0) -> list[Received]:
-        """Messages available now (possibly none); raises BrokerError if the broker is gone."""
+        """Messages available within `timeout` (possibly none); raises BrokerError if the broker fails."""
         request = {"subscription": self.subscription_path, "max_messages": max_messages or self.max_messages}
-        try:
-            response = self.client.pull(request=request, timeout=timeout, retry=None)
-        except gexc.DeadlineExceeded:
-            return []
-        except (gexc.ServiceUnavailable, gexc.NotFound, gexc.PermissionDenied) as err:
-            raise BrokerError(f"pull from {self.subscription_path} failed: {_short(err)}") from None
-        return [
-            Received(
-                m.ack_id,
-                m.message.data,
-                m.message.attributes,
-                m.delivery_attempt,
-                m.message.message_id,
-                m.message.ordering_key,
-            )
-            for m in response._pb.received_messages  # raw protobuf: no proto-plus wrapping per message
-        ]
+        deadline, backoff = time.monotonic() + timeout, 0.001
+        while True:
+            try:
+                if self.poll:
+                    response = GapicSubscriberClient.pull(
+                        self.client, request={**request, "return_immediately": True}, timeout=_CALL_TIMEOUT, retry=None
+                    )
+                else:
+                    response = self.client.pull(request=request, timeout=timeout, retry=None)
+            except gexc.DeadlineExceeded:
+                return []
+            except gexc.GoogleAPICallError as err:
+                raise BrokerError(f"pull from {self.subscription_path} failed: {_short(err)}") from None
+            received = response._pb.received_messages  # raw protobuf: no proto-plus wrapping per message
+            remaining = deadline - time.monotonic()
+            if received or not self.poll or remaining <= 0:
+                return [
+                    Received(
+                        m.ack_id,
+                        m.message.data,
+                        m.message.attributes,
+                        m.delivery_attempt,
+                        m.message.message_id,
+                        m.message.ordering_key,
+                    )
+                    for m in received
+                ]
+            time.sleep(min(backoff, remaining))
+            backoff = min(backoff * 2, 0.01)
 
     def ack(self, ack_ids: Sequence[str]) -> None:
         for chunk in _chunks(ack_ids):

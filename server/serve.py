@@ -52,6 +52,7 @@ class ServerSettings:
     drain_timeout_s: float = 20.0
     log_interval_s: float = 10.0
     ack_deadline_s: int = 30
+    broker_give_up_s: float = 15.0  # consecutive pull failures before the server gives up
     group_results: bool = True  # False: one result message per request (kept to measure the difference)
 
     def __post_init__(self):
@@ -201,16 +202,23 @@ class InferenceServer:
     # ------------------------------------------------------------- pulling
     def pull_loop(self) -> None:
         s = self.settings
+        failing_since = None
         while not self.stopping.is_set():
             room = s.max_outstanding - len(self.leases)
             if room <= 0:
                 time.sleep(0.002)
                 continue
             try:
-                msgs = self.puller.pull(max_messages=min(room, s.pull_max_messages), timeout=1.0)
-            except BrokerError as err:
-                self.fail(str(err))
-                return
+                msgs = self.puller.pull(max_messages=min(room, s.pull_max_messages), timeout=0.5)
+                failing_since = None
+            except BrokerError as err:  # transient (e.g. an emulator hiccup) unless it persists
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > s.broker_give_up_s:
+                    self.fail(f"{err} (for {s.broker_give_up_s:.0f}s)")
+                    return
+                log.warning("pull failed, retrying: %s", err)
+                self.stopping.wait(0.5)
+                continue
             if not msgs:
                 continue
             now = time.monotonic()

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from broker import wire
-from broker.pubsub import Subscription
+from broker.errors import BrokerError
+from broker.pubsub import Puller
 
 log = logging.getLogger("collector")
 PERCENTILES = (50, 90, 95, 99)
@@ -51,7 +52,6 @@ class Collector:
         self.violations_by_stream: dict[str, int] = {}
         self.models: set[str] = set()
         self.state_file = Path(state_file) if state_file else None
-        self.pending_acks: list = []
         self.on_progress = None  # callable(n_new) for progress bars
         if self.state_file and self.state_file.is_file():
             self._load_state()
@@ -121,37 +121,19 @@ class Collector:
         return 1
 
     # --------------------------------------------------------- subscribing
-    def subscribe(self, subscription_path: str) -> Subscription:
-        """Streaming pull of result messages; acks once recorded (and persisted, with a state file)."""
-
-        def callback(message) -> None:
-            self.add_message(message.data)
-            if self.state_file:
-                with self.lock:
-                    self.pending_acks.append(message)
-            else:
-                message.ack()
-
-        sub = Subscription(subscription_path, callback)
-        if self.state_file:
-            threading.Thread(target=self._persist_loop, args=(sub,), name="collector-state", daemon=True).start()
-        return sub
-
-    def _persist_loop(self, sub: Subscription, period: float = 0.5) -> None:
-        while sub.error() is None and not sub.future.cancelled():
-            time.sleep(period)
-            self.flush_state()
+    def subscribe(self, subscription_path: str) -> ResultPump:
+        """Start pulling result messages in a background thread (see ResultPump)."""
+        return ResultPump(self, subscription_path)
 
     def flush_state(self) -> None:
-        """Write the state file atomically, then ack what it now covers."""
+        """Write the state file atomically (a no-op without one)."""
+        if not self.state_file:
+            return
         with self.lock:
-            acks, self.pending_acks = self.pending_acks, []
             state = self._state_dict()
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_file)
-        for message in acks:
-            message.ack()
 
     def _state_dict(self) -> dict:
         idx = np.flatnonzero(self.answered & (self.prediction >= 0))
@@ -280,6 +262,66 @@ class Collector:
                     for i in idx
                 ],
             }
+
+
+class ResultPump:
+    """Pulls result messages for a Collector: record, persist (with a state file), then ack.
+
+    Unary pull with batched acks, like the server: results arrive grouped, and
+    an ack only goes out once what it acknowledges is recorded (and, with a
+    state file, on disk), so a killed collector loses nothing.
+    """
+
+    def __init__(self, collector: Collector, subscription_path: str, flush_s: float = 0.5, give_up_s: float = 15.0):
+        self.collector, self.flush_s, self.give_up_s = collector, flush_s, give_up_s
+        self.puller = Puller(subscription_path)
+        self.stopping = threading.Event()
+        self._error: BaseException | None = None
+        self._unacked: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        last_flush, failing_since = time.monotonic(), None
+        while not self.stopping.is_set():
+            try:
+                messages = self.puller.pull(timeout=0.2)
+                failing_since = None
+            except BrokerError as err:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.give_up_s:
+                    self._error = err
+                    return
+                time.sleep(0.5)
+                continue
+            received_s = time.time()
+            for message in messages:
+                self.collector.add_message(message.data, received_s)
+            self._unacked += [m.ack_id for m in messages]
+            if not self.collector.state_file or time.monotonic() - last_flush > self.flush_s:
+                self._settle()
+                last_flush = time.monotonic()
+
+    def _settle(self) -> None:
+        """Persist, then ack everything recorded so far."""
+        self.collector.flush_state()
+        acks, self._unacked = self._unacked, []
+        if acks:
+            try:
+                self.puller.ack(acks)
+            except Exception as err:  # redelivered later, and deduplicated then
+                log.warning("ack of %d result messages failed: %s", len(acks), err)
+
+    def error(self) -> BaseException | None:
+        """The error that stopped the pump, if the broker stayed unreachable."""
+        return self._error
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.thread.join(timeout)
+        if self._error is None:
+            self._settle()
+        self.puller.close()
 
 
 def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> list[dict]:

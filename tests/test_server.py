@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from broker import wire
+from broker.errors import BrokerError
 from broker.pubsub import pull_all
 from tests.conftest import collect_results, publish_images, publish_raw
 
@@ -138,22 +139,30 @@ def test_delivery_attempts_are_capped_by_the_dead_letter_policy(topology, emulat
     """A message nobody completes is delivered max_delivery_attempts times, then never again.
 
     Real Pub/Sub then forwards it to the dead-letter topic; the emulator (gcloud 528)
-    honours the cap but was not seen forwarding (docs/reliability.md), so this test
-    checks the cap, and counts whatever the dead-letter subscription does receive.
+    honours the cap but fails to forward (docs/reliability.md), so this test checks
+    the cap, and that the dead-letter subscription holds nothing but the poison message.
     """
     from broker.pubsub import Puller
 
     publish_raw(topology, b"poison", "p", request_id="poison")
     puller = Puller(topology.requests_subscription_path)
     attempts = []
+    emulator_failed = False
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            messages = puller.pull(timeout=0.5)
+            try:
+                messages = puller.pull(timeout=0.5)
+            except BrokerError:
+                # gcloud 528's emulator answers INTERNAL here once the attempts are spent
+                # (NullPointerException in its dead-letter forwarding): its bug, seen in its log.
+                emulator_failed = True
+                break
             attempts += [m.delivery_attempt for m in messages]
             puller.nack([m.ack_id for m in messages])
     finally:
         puller.close()
+    print(f"attempts {attempts}, emulator failed after the last attempt: {emulator_failed}")
     assert attempts == list(range(1, topology.max_delivery_attempts + 1))
     dead = pull_all(topology.dead_letter_subscription_path, timeout=0.5)
     assert [m.attributes["request_id"] for m in dead] in ([], ["poison"])
