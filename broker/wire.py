@@ -84,9 +84,12 @@ def parse_shape(text: str | None) -> tuple[int, int, int]:
 def check_request(data: bytes, attributes: Mapping[str, str]) -> tuple[str, str, int, int]:
     """Validate everything but the pixels; return (request_id, content_type, seq, sent_ns).
 
-    Raises WireError with a reason code: empty, oversized, missing_attribute,
-    bad_attribute, unsupported_content_type.
+    Raises WireError with a reason code: unsupported_version, empty, oversized,
+    missing_attribute, bad_attribute, unsupported_content_type. A missing `v`
+    means version 1; missing `seq`/`sent_ns` mean 0 (no ordering check, no latency).
     """
+    if attributes.get("v", WIRE_VERSION) != WIRE_VERSION:
+        raise WireError("unsupported_version", f"v={attributes.get('v')[:10]!r}; this server speaks v={WIRE_VERSION}")
     request_id = attributes.get("request_id")
     if not request_id:
         raise WireError("missing_attribute", "request_id")

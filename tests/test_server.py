@@ -72,6 +72,7 @@ BAD_MESSAGES = {
     "oversized": (b"\x00" * (wire.MAX_REQUEST_BYTES + 1), dict(content_type=wire.RAW, shape="28,28,1")),
     "unsupported_content_type": (b"\x00" * 784, dict(content_type="application/x-python-pickle")),
     "undecodable_image": (b"\x89PNG\r\n\x1a\nnot really a png", dict(content_type=wire.PNG)),
+    "unsupported_version": (b"\x00" * 784, dict(content_type=wire.RAW, shape="28,28,1", v="2")),
 }
 
 
