@@ -322,6 +322,7 @@ class InferenceServer:
         metrics.COMPUTE.observe(computed - started)
         for p in batch:
             metrics.QUEUE_WAIT.observe(started - p.pulled)
+            metrics.IN_SERVER.observe(done - p.pulled)
         self.window.append((done, len(batch), done - batch[0].pulled))
 
     def publish_grouped(self, batch: list[Pending], results: list[dict]) -> None:
@@ -420,7 +421,11 @@ class InferenceServer:
         if on_ready:
             on_ready(self)
         while (batch := self.next_batch()) is not None:
-            self.handle_batch(batch)
+            try:
+                self.handle_batch(batch)
+            except Exception:  # never let one batch take the server down; Pub/Sub retries it (then the DLQ)
+                log.exception("batch of %d failed; nacking it for redelivery", len(batch))
+                self.acker.nack_now([p.msg.ack_id for p in batch])
         return self.drain(threads)
 
     def drain(self, threads: list[threading.Thread]) -> int:
