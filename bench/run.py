@@ -540,7 +540,7 @@ def main(args) -> int:
         "settings": {
             "buckets": list(BUCKETS),
             "config": "configs/stream.py defaults",
-            "streams": 4,
+            "streams": 16,
             "full_set": n_full,
             "latency_images": 2000 if not quick else 1000,
         },

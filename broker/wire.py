@@ -16,11 +16,11 @@ Result   = Pub/Sub message, one per (server batch, stream)
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import orjson
 
 WIRE_VERSION = "1"
 RAW = "image/x-raw-uint8"
@@ -158,14 +158,14 @@ def error(
 
 def encode_results(results: Sequence[dict], model: str, replica: str = "") -> tuple[bytes, dict[str, str]]:
     body = {"v": int(WIRE_VERSION), "model": model, "replica": replica, "results": list(results)}
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = orjson.dumps(body)  # ~5x faster than json.dumps; same compact UTF-8 JSON
     return data, {"v": WIRE_VERSION, "count": str(len(results)), "model": model}
 
 
 def decode_results(data: bytes) -> tuple[str, list[dict]]:
     """(model, results) from one result message; raises WireError if it is not one."""
     try:
-        body = json.loads(data)
+        body = orjson.loads(data)
         return str(body["model"]), list(body["results"])
     except (ValueError, KeyError, TypeError) as err:
         raise WireError("bad_result", str(err)) from None

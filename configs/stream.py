@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.streamer = ml_collections.ConfigDict(
         dict(
             rate=200.0,  # images/s; 0 = as fast as possible
-            streams=4,
+            streams=16,  # ordering keys: Pub/Sub holds a key's next messages until its earlier ones are acked
             limit=0,  # 0 = the whole test set
             content_type="raw",  # raw | png
         )
