@@ -122,7 +122,7 @@ def stream(
     suffix: str,
     limit: int,
     rate: float,
-    streams: int = 4,
+    streams: int = 16,
     verify: bool = False,
     emulator_pid: int | None = None,
     server_obj: Server | None = None,
