@@ -1,11 +1,14 @@
 """The shipped Fashion-MNIST recipe (models/fashion-mnist).
 
 Command:   python -m train --config configs/default.py --workdir models/fashion-mnist
-Runtime:   about 45-50 minutes on 2 CPU cores (JAX on CPU), 20 epochs.
-Accuracy:  ≥94.0% on the 10,000-image test set (the shipped run: see models/fashion-mnist/metadata.json).
+Runtime:   about 37 minutes on an idle 2-core CPU (train step + augmentation measured at
+           ~700 img/s in isolation: 86 s per epoch, 25 epochs); the shipped run took 42.5
+           minutes (2,552 s) while sharing the machine with other work.
+Accuracy:  94.29% on the 10,000-image test set (the shipped run; models/fashion-mnist/metadata.json).
 
-Width-32/64 2×(conv-BN-conv-BN-pool) net, random crop (pad 2) + horizontal flip +
-random erasing, label smoothing, AdamW with a one-cycle cosine schedule.
+Width-32/64 2×(conv-BN-conv-BN-pool) net (871k parameters), random crop (pad 2) +
+horizontal flip + random erasing (p=0.3), label smoothing 0.1, AdamW (weight decay
+5e-4) with a one-cycle cosine schedule peaking at 3e-3, batch 128.
 """
 
 import ml_collections
