@@ -1,8 +1,11 @@
-"""A fast recipe: fewer, narrower epochs for a model in a few minutes.
+"""A fast recipe: a narrower net, three epochs, light regularisation.
 
 Command:   python -m train --config configs/quick.py --workdir /tmp/quick
-Runtime:   about 2.5 minutes on 2 CPU cores (3 epochs, width 16).
-Accuracy:  about 90-91% on the 10,000-image test set.
+Runtime:   about 2.5 minutes on 2 CPU cores (measured 157 s while the machine was shared).
+Accuracy:  about 91.7% on the 10,000-image test set (measured 91.67%).
+
+Three epochs underfit rather than overfit, so this drops the default's dropout in the
+conv blocks, the random crop and random erasing, and uses a higher peak learning rate.
 """
 
 from configs import default
@@ -13,7 +16,10 @@ def get_config():
     config.name = "quick"
     config.model.widths = (16, 32)
     config.model.dense = 128
+    config.model.dropout_conv = 0.0
+    config.model.dropout_dense = 0.25
     config.num_epochs = 3
-    config.batch_size = 128
+    config.learning_rate = 5e-3
+    config.augment.crop_pad = 0
     config.augment.erase_prob = 0.0
     return config
