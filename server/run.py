@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from broker.errors import BrokerError
@@ -105,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
             topo = topology_from(config, project, args.topic_suffix)
             ensure_topology(topo)
             if config.server.replicas > 1:
-                return run_replicas(config.server.replicas, holder)
+                return run_replicas(config.server.replicas, holder, config.server.metrics_port)
             return run_one(config, topo, args, holder)
     except (BrokerError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -119,7 +122,11 @@ def run_one(config, topo: Topology, args, holder: dict) -> int:
     server = InferenceServer(model_dir, topo, settings_from(config), echo=args.echo)
     holder["server"] = server
     if config.server.metrics_port:
-        metrics.serve_metrics(config.server.metrics_port)
+        try:
+            metrics.serve_metrics(config.server.metrics_port)
+        except OSError as err:
+            print(f"error: cannot serve metrics on port {config.server.metrics_port}: {err}", file=sys.stderr)
+            return 2
 
     def ready(srv: InferenceServer) -> None:
         print(
@@ -128,16 +135,60 @@ def run_one(config, topo: Topology, args, holder: dict) -> int:
             flush=True,
         )
 
-    return server.serve(on_ready=ready)
+    grace = config.server.drain_timeout_s + SHUTDOWN_SLACK_S
+    threading.Thread(target=exit_if_shutdown_hangs, args=(server, grace), name="shutdown-watch", daemon=True).start()
+    code = server.serve(on_ready=ready)
+    if server.fatal:
+        print(f"error: {server.fatal}", file=sys.stderr, flush=True)
+    return code
 
 
-def run_replicas(n: int, holder: dict) -> int:
-    """N independent server processes on one subscription; Pub/Sub balances between them."""
-    argv = [a for a in sys.argv[1:]]
-    cmd = [sys.executable, "-m", "server", *strip_flag(argv, "--replicas"), "--replicas", "1"]
-    children = [subprocess.Popen(cmd, env=os.environ.copy()) for _ in range(n)]
+SHUTDOWN_SLACK_S = 10.0
+
+
+def exit_if_shutdown_hangs(server: InferenceServer, grace: float) -> None:
+    """The last resort: once shutdown begins (signal or fatal error), the process is gone within `grace` s.
+
+    The drain itself is bounded by drain_timeout_s; this covers a client call that never
+    returns (e.g. a publisher flushing to a dead broker). Whatever was not acknowledged is
+    redelivered by Pub/Sub after its ack deadline, so exiting loses nothing.
+    """
+    server.stopping.wait()
+    time.sleep(grace)
+    log.error("shutdown did not finish within %.0fs; exiting now (unacked requests will be redelivered)", grace)
+    if server.fatal:
+        print(f"error: {server.fatal}", file=sys.stderr)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(1)
+
+
+def _die_with_parent() -> None:
+    """Runs in a replica before exec: SIGTERM (a graceful drain) when the parent dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_replicas(n: int, holder: dict, metrics_port: int = 0) -> int:
+    """N independent server processes on one subscription; Pub/Sub balances between them.
+
+    With a metrics port P, replica i serves its metrics on P + i (each process has its own counters).
+    """
+    argv = strip_flag(strip_flag(sys.argv[1:], "--replicas"), "--metrics-port")
+    children = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "server", *argv, "--replicas", "1"]
+        if metrics_port:
+            cmd += ["--metrics-port", str(metrics_port + i)]
+        children.append(subprocess.Popen(cmd, env=os.environ.copy(), preexec_fn=_die_with_parent))
     holder["children"] = children
-    log.info("started %d replicas: pids %s", n, [c.pid for c in children])
+    log.info(
+        "started %d replicas: pids %s%s",
+        n,
+        [c.pid for c in children],
+        f", metrics on ports {metrics_port}..{metrics_port + n - 1}" if metrics_port else "",
+    )
     codes = []
     for child in children:
         while child.poll() is None:

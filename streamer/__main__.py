@@ -1,5 +1,7 @@
 """python -m streamer [--rate R] [--streams K] [--limit N] [--replicas N] [--server managed|external] ...
 python -m streamer --index N | --image FILE      (one image through the broker)
+python -m streamer --collect-only --run-id ID --state-file F [--limit N] [--server external]
+                                                 (resume collecting a run whose streamer died)
 python -m streamer report [DIR]                  (show the latest, or the named, report again)
 """
 
@@ -27,6 +29,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reports-dir", help="where reports/<timestamp>/ go")
     p.add_argument("--state-file", help="persist collector progress here (resumable collector)")
     p.add_argument("--run-id", help="request-id prefix (resume a collector with the same run id)")
+    p.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="publish nothing: collect the results of run --run-id (resuming from --state-file) and report",
+    )
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the offline comparison")
     p.add_argument("--index", type=int, help="send test image N and print its prediction")
     p.add_argument("--image", help="send this PNG/JPEG and print its prediction")

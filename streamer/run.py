@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import datetime
+import json
 import logging
 import os
 import signal
@@ -22,7 +24,16 @@ from tqdm import tqdm
 
 from broker import wire
 from broker.errors import BrokerError
-from broker.pubsub import Publisher, PublishSettings, Puller, Topology, broker_session, ensure_topology, pull_all
+from broker.pubsub import (
+    Publisher,
+    PublishSettings,
+    Puller,
+    Topology,
+    broker_session,
+    check_reachable,
+    ensure_topology,
+    pull_all,
+)
 from configs import load_config
 from streamer.collector import Collector
 from streamer.stream import make_publisher, publish_dataset, request_for
@@ -59,9 +70,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class ManagedServer:
+    """The `python -m server` child of a run: its process and the file its log goes to."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path):
+        self.proc, self.log_path = proc, log_path
+
+    def last_log_line(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            if lines:
+                return lines[-1]
+        return "(no output)"
+
+
 @contextlib.contextmanager
-def managed_server(args, replicas: int, ready_timeout: float = 180.0) -> Iterator[subprocess.Popen]:
-    """Start `python -m server` (N replicas) as a child, wait for every 'server ready', always stop it."""
+def managed_server(args, replicas: int, ready_timeout: float = 180.0) -> Iterator[ManagedServer]:
+    """Start `python -m server` (N replicas) as a child, wait for every 'server ready', always stop it.
+
+    A graceful stop (SIGTERM: drain) normally; a short one when the broker is gone, since
+    nothing could be published or acknowledged any more.
+    """
     cmd = [sys.executable, "-m", "server", "--replicas", str(replicas)]
     for flag in ("config", "model", "topic_suffix", "project"):
         if getattr(args, flag, None):
@@ -81,7 +110,10 @@ def managed_server(args, replicas: int, ready_timeout: float = 180.0) -> Iterato
         )
     try:
         wait_ready(proc, replicas, ready_timeout, log_path)
-        yield proc
+        yield ManagedServer(proc, log_path)
+    except BrokerError:
+        stop_process(proc, timeout=5.0)
+        raise
     finally:
         stop_process(proc)
 
@@ -107,7 +139,7 @@ def wait_ready(proc: subprocess.Popen, replicas: int, timeout: float, log_path: 
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
-    """SIGTERM (graceful drain), then SIGKILL the group if it does not exit in time."""
+    """SIGTERM (graceful drain), then SIGKILL the group if it does not exit in time (idempotent)."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -122,36 +154,133 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
 
 
 # ------------------------------------------------------------------ the run
-async def stream_and_collect(args, config, topo: Topology, run_id: str) -> dict:
-    """Publish the test set, collect every result, return the report summary."""
+class Watch:
+    """While results are awaited: notice that the managed server exited or the broker went away.
+
+    The broker probe (`check_reachable`, the same check as at start-up) runs in a daemon
+    thread every `period` seconds, so a slow or hanging call never blocks the event loop.
+    """
+
+    def __init__(self, project: str | None, server: ManagedServer | None = None, period: float = 3.0):
+        self.project, self.server, self.period = project, server, period
+        self.next_probe = time.monotonic() + period
+        self.probe: concurrent.futures.Future | None = None
+
+    def check(self) -> None:
+        if self.server is not None and (code := self.server.proc.poll()) is not None:
+            raise RunError(f"the server exited mid-run (code {code}): {self.server.last_log_line()}")
+        if self.probe is not None and self.probe.done():
+            err, self.probe = self.probe.exception(), None
+            if err is not None:
+                raise BrokerError(f"lost the broker mid-run: {str(err).splitlines()[0]}")
+        if self.project is not None and self.probe is None and time.monotonic() >= self.next_probe:
+            self.next_probe = time.monotonic() + self.period
+            self.probe = in_daemon_thread(check_reachable, self.project, 10.0)
+
+
+def in_daemon_thread(fn, *args) -> concurrent.futures.Future:
+    """Run fn(*args) in a daemon thread (never joined at exit, so it cannot hold the process up)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # handed to whoever reads the future
+            future.set_exception(err)
+
+    threading.Thread(target=target, name=getattr(fn, "__name__", "worker"), daemon=True).start()
+    return future
+
+
+def close_within(close, timeout: float, what: str) -> None:
+    """Call close() but give up after `timeout` s: a client stuck on a dead broker must not hang the exit."""
+    done = in_daemon_thread(close)
+    try:
+        done.result(timeout)
+    except concurrent.futures.TimeoutError:
+        log.warning("%s did not close within %.0fs; leaving it behind", what, timeout)
+    except Exception as err:
+        log.warning("closing %s failed: %s", what, err)
+
+
+def open_collector(run_id: str, labels, class_names, state_file: str | None) -> Collector:
+    try:
+        return Collector(run_id, labels, class_names, state_file)
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise RunError(f"cannot resume from state file {state_file}: {err}") from None
+
+
+def state_file_size(state_file: str | None) -> int | None:
+    """How many requests the run recorded in this state file had (None if there is no usable file)."""
+    if not state_file or not Path(state_file).is_file():
+        return None
+    with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
+        return int(json.loads(Path(state_file).read_text())["n"])
+    return None
+
+
+PUBLISH_GRACE_S = 30.0  # > BulkPublisher's retry budget for one batch
+
+
+async def stream_and_collect(
+    args, config, topo: Topology, run_id: str, server: ManagedServer | None = None, publish: bool = True
+) -> dict:
+    """Publish the test set (unless publish=False: collect only), collect every result, return the summary."""
     s = config.streamer
     data = load_fashion_mnist("test", s.limit or None)
     content_type = wire.PNG if s.content_type == "png" else wire.RAW
-    collector = Collector(run_id, data.labels, list(data.class_names), config.collector.state_file or None)
-    stop = asyncio.Event()
+    collector = open_collector(run_id, data.labels, list(data.class_names), config.collector.state_file or None)
+    if publish and collector.count_answered():
+        log.warning(
+            "state file %s already holds %d results of run %s: publishing every request again "
+            "(repeats are counted as duplicates); use --collect-only to only collect the rest",
+            config.collector.state_file,
+            collector.count_answered(),
+            run_id,
+        )
+    stop = asyncio.Event()  # the user interrupted
+    publish_stop = asyncio.Event()  # publishing should end (interrupted, or the run failed)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    published_bar = tqdm(total=len(data), desc="published", unit="img", position=0, dynamic_ncols=True)
+        loop.add_signal_handler(sig, lambda: (stop.set(), publish_stop.set()))
+    published_bar = (
+        tqdm(total=len(data), desc="published", unit="img", position=0, dynamic_ncols=True) if publish else None
+    )
     received_bar = tqdm(total=len(data), desc="received ", unit="img", position=1, dynamic_ncols=True)
     received_bar.update(collector.count_answered())
     collector.on_progress = received_bar.update
     subscription = collector.subscribe(topo.results_subscription_path)
-    publisher = make_publisher(topo.requests_topic_path)
+    publisher = make_publisher(topo.requests_topic_path) if publish else None
     started = time.time()
-    sent_s = None
+    sent_s = publishing = None
     try:
-        publishing = asyncio.create_task(
-            publish_dataset(publisher, data.images, run_id, s.rate, s.streams, content_type, published_bar.update, stop)
-        )
-        sent_s = await wait_for_results(collector, publishing, subscription, stop, config.collector, args)
+        if publish:
+            publishing = asyncio.create_task(
+                publish_dataset(
+                    publisher, data.images, run_id, s.rate, s.streams, content_type, published_bar.update, publish_stop
+                )
+            )
+        watch = Watch(topo.project, server)
+        sent_s = await wait_for_results(collector, publishing, subscription, stop, config.collector, args, watch)
     finally:
-        published_bar.close()
+        publish_stop.set()
+        if publishing is not None and not publishing.done():
+            # Let the batch in flight finish (or fail: a dead broker fails it within the publish
+            # retry budget) rather than cancel it under the publisher's feet; cancel as a last resort.
+            await asyncio.wait({publishing}, timeout=PUBLISH_GRACE_S)
+            if not publishing.done():
+                publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
+        if published_bar is not None:
+            published_bar.close()
         received_bar.close()
-        publisher.close()
-        subscription.close()
+        if publisher is not None:
+            close_within(publisher.close, 10.0, "the request publisher")
         if config.collector.state_file:
-            collector.flush_state()
+            collector.flush_state()  # persist and ack what arrived, while the subscription can still ack
+        close_within(subscription.close, 15.0, "the results subscription")
+        if config.collector.state_file:
+            collector.flush_state()  # and whatever arrived while closing (redelivered later: a duplicate)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     finished = time.time()
@@ -159,10 +288,11 @@ async def stream_and_collect(args, config, topo: Topology, run_id: str) -> dict:
     achieved = _achieved_rate(sent_s)
     run = {
         "run_id": run_id,
+        "mode": "stream" if publish else "collect-only",
         "started_at": _iso(started),
         "finished_at": _iso(finished),
         "wall_s": round(finished - started, 2),
-        "rate_target": s.rate,
+        "rate_target": s.rate if publish else None,
         "rate_achieved": achieved,
         "streams": s.streams,
         "limit": len(data),
@@ -179,33 +309,45 @@ async def stream_and_collect(args, config, topo: Topology, run_id: str) -> dict:
 
 
 async def wait_for_results(
-    collector: Collector, publishing: asyncio.Task, subscription, stop: asyncio.Event, cfg, args
+    collector: Collector, publishing: asyncio.Task | None, subscription, stop: asyncio.Event, cfg, args, watch=None
 ):
-    """Until every request is answered, the timeout expires, or the user interrupts."""
+    """Until every request is answered, the timeout expires, or the user interrupts.
+
+    Raises RunError/BrokerError (one clear line) when publishing fails, the results
+    subscription dies, the managed server exits or the broker stops answering.
+    """
     deadline = time.monotonic() + cfg.timeout_s
     last_progress, last_count = time.monotonic(), -1
-    sent_s = None
+    sent_s, published = None, publishing is None
     while not stop.is_set():
-        if publishing.done() and sent_s is None:
-            sent_s = publishing.result()  # raises if publishing failed
+        if not published and publishing.done():
+            sent_s, published = _published(publishing), True
         if collector.done.is_set():
             break
         if (err := subscription.error()) is not None:
             raise BrokerError(f"the results subscription failed: {str(err).splitlines()[0]}")
+        if watch is not None:
+            watch.check()
         count = collector.count_answered()
         if count != last_count:
             last_progress, last_count = time.monotonic(), count
         now = time.monotonic()
-        if now > deadline or (publishing.done() and now - last_progress > cfg.idle_timeout_s):
+        if now > deadline or (published and now - last_progress > cfg.idle_timeout_s):
             log.warning("timed out waiting for results (%d/%d answered)", count, len(collector.labels))
             break
         await asyncio.sleep(0.05)
-    if not publishing.done():
-        publishing.cancel()
-        await asyncio.gather(publishing, return_exceptions=True)
-    elif sent_s is None:
-        sent_s = publishing.result()
+    if not published and publishing.done():
+        sent_s = _published(publishing)
     return sent_s
+
+
+def _published(publishing: asyncio.Task):
+    """The send times from a finished publishing task, or RunError with the publish failure in one line."""
+    try:
+        return publishing.result()
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RunError(f"publishing the requests failed: {first}") from None
 
 
 def _achieved_rate(sent_s) -> float | None:
@@ -245,15 +387,25 @@ def verify_offline(summary: dict, model_dir) -> dict:
 
 # -------------------------------------------------------------- entry points
 def run(args, config) -> int:
-    """The whole evaluation; returns the exit code."""
+    """The whole evaluation (or, with --collect-only, the collecting half of one); returns the exit code."""
     from streamer.report import render_terminal, write_report
 
+    collect_only = getattr(args, "collect_only", False)
+    if collect_only:
+        if not args.run_id:
+            raise RunError("--collect-only needs the --run-id of the run whose results to collect")
+        if getattr(args, "limit", None) is None and (n := state_file_size(config.collector.state_file)):
+            config.streamer.limit = n  # the run's size, as recorded in its state file
     run_id = args.run_id or uuid.uuid4().hex[:8]
     with broker_session(config.broker.project or None) as project:
         topo = topology_from(config, project, args.topic_suffix)
         ensure_topology(topo)
-        with managed_server(args, config.server.replicas) if args.server == "managed" else contextlib.nullcontext():
-            summary = asyncio.run(stream_and_collect(args, config, topo, run_id))
+        with (
+            managed_server(args, config.server.replicas)
+            if args.server == "managed"
+            else contextlib.nullcontext() as server
+        ):
+            summary = asyncio.run(stream_and_collect(args, config, topo, run_id, server, publish=not collect_only))
     model_dir = config.model_dir or DEFAULT_MODEL_DIR
     if args.verify and summary["counts"]["answered"]:
         summary["offline"] = verify_offline(summary, model_dir)

@@ -205,3 +205,84 @@ def collect_results(topo: Topology, expect: int, timeout: float = 60.0) -> tuple
     finally:
         puller.close()
     return results, bodies
+
+
+def publish_messages(topo: Topology, messages: list[tuple[bytes, str, dict[str, str]]]) -> list[str]:
+    """Publish (data, ordering_key, attributes) in order through one publisher; returns the message ids."""
+    publisher = Publisher(topo.requests_topic_path, PublishSettings(max_latency_s=0.01))
+    try:
+        futures = [publisher.publish(data, key, **attrs) for data, key, attrs in messages]
+        return [future.result(timeout=60) for future in futures]
+    finally:
+        publisher.close()
+
+
+class ResultWatcher:
+    """Pulls the results subscription in a background thread, recording when each result arrived.
+
+    `arrivals` holds (time.monotonic() at receipt, result dict, replica) for every result,
+    duplicates included; `unique()` is the set of answered request ids.
+    """
+
+    def __init__(self, topo: Topology):
+        self.topo = topo
+        self.arrivals: list[tuple[float, dict, str]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="result-watcher", daemon=True)
+
+    def __enter__(self) -> ResultWatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        import json
+
+        puller = Puller(self.topo.results_subscription_path)
+        try:
+            while not self.stopping.is_set():
+                messages = puller.pull(timeout=1.0)
+                now = time.monotonic()
+                with self.lock:
+                    for m in messages:
+                        body = json.loads(m.data)
+                        self.arrivals.extend((now, r, body.get("replica", "")) for r in body["results"])
+                if messages:
+                    puller.ack([m.ack_id for m in messages])
+        except BaseException as err:  # reported by wait_for()
+            self.error = err
+        finally:
+            puller.close()
+
+    def snapshot(self) -> list[tuple[float, dict, str]]:
+        with self.lock:
+            return list(self.arrivals)
+
+    def unique(self) -> set:
+        return {r.get("request_id") for _, r, _ in self.snapshot()}
+
+    def wait_until(self, predicate, timeout: float) -> bool:
+        """True once predicate(snapshot) holds; False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise AssertionError(f"result watcher failed: {self.error}")
+            if predicate(self.snapshot()):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def wait_for(self, ids, timeout: float) -> bool:
+        """True once every request id in `ids` has a result (or at least `ids` distinct ones if it is an int)."""
+        wanted = ids if isinstance(ids, int) else set(ids)
+
+        def answered(arrivals) -> bool:
+            got = {r.get("request_id") for _, r, _ in arrivals}
+            return len(got) >= wanted if isinstance(wanted, int) else wanted <= got
+
+        return self.wait_until(answered, timeout)

@@ -1,0 +1,738 @@
+"""Fault tests (issue 6) against Google's real Pub/Sub emulator; the figures are in docs/reliability.md.
+
+Each test that measures something prints one `FIGURES ...` line: run with -s to see them.
+Some sizes are scaled down from the full 10,000-image run to keep the suite within its
+time budget on a 2-core machine; docs/reliability.md says which, and why.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from broker import wire
+from broker.emulator import Emulator, free_port
+from broker.pubsub import EMULATOR_PROJECT, Publisher, Puller, create_subscription, create_topic, pull_all
+from tests.conftest import REPO, ResultWatcher, ServerProcess, publish_images, publish_messages, publish_raw
+
+pytestmark = pytest.mark.emulator
+
+
+def _figures(name: str, **values) -> None:
+    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
+
+
+def _pids_with(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (from /proc; zombies excluded)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ------------------------------------------------- 1. a replica SIGKILLed mid-stream
+N_KILL = 10_000  # the full test set, as in a real run
+
+
+@pytest.mark.timeout(240)
+def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
+    from train.data import load_fashion_mnist
+
+    images = load_fashion_mnist("test", N_KILL).images
+    server = start_server(replicas=2)
+    pids = [int(re.search(r"\bpid (\d+)", line).group(1)) for line in server.ready_lines]
+    assert len(set(pids)) == 2, server.ready_lines
+    ids = [f"kill-{i}" for i in range(N_KILL)]
+    with ResultWatcher(topology) as watcher:
+        # A burst: both replicas pull hundreds of requests at once, so the one killed at its
+        # first answer still holds most of what it pulled (pulled, not acknowledged).
+        publisher = threading.Thread(
+            target=publish_images, args=(topology, images), kwargs=dict(run_id="kill", streams=16), daemon=True
+        )
+        t_publish = time.monotonic()
+        publisher.start()
+        assert watcher.wait_until(lambda arrivals: arrivals, timeout=90), "no results before the kill"
+        victim = int(watcher.snapshot()[0][2].rsplit(":", 1)[-1])
+        survivor = next(pid for pid in pids if pid != victim)
+        t_kill = time.monotonic()
+        answered_before = len(watcher.unique())
+        os.kill(victim, signal.SIGKILL)
+        complete = watcher.wait_for(ids, timeout=150)
+        t_done = time.monotonic()
+        publisher.join(30)
+        time.sleep(1.0)  # late duplicates, if any, still count
+    arrivals = watcher.snapshot()
+    answered = Counter(r["request_id"] for _, r, _ in arrivals)
+    missing = set(ids) - set(answered)
+    assert complete and not missing, f"{len(missing)} requests never answered, e.g. {sorted(missing)[:5]}"
+    assert not [r for _, r, _ in arrivals if "error" in r]
+    os.kill(survivor, 0)  # the survivor is alive
+    assert server.proc.poll() is None, "the replica parent must keep running"
+    assert not [rep for t, _, rep in arrivals if t > t_kill + 2.0 and rep.endswith(f":{victim}")]
+    duplicates = sum(n - 1 for n in answered.values())
+    first = {}
+    for t, r, _ in arrivals:
+        first.setdefault(r["request_id"], t)
+    redelivered = [rid for rid, t in first.items() if t > t_kill + 0.8 * topology.ack_deadline_s]
+    assert redelivered, "the killed replica held no requests: nothing was redelivered"
+    after = sorted(t for t, _, _ in arrivals if t > t_kill)
+    gaps = np.diff([t_kill, *after])
+    longest = int(np.argmax(gaps))
+    _figures(
+        "replica_kill",
+        requests=N_KILL,
+        answered_before_kill=answered_before,
+        publish_s=round(t_kill - t_publish, 1),
+        longest_silence_after_kill_s=round(float(gaps[longest]), 2),
+        kill_to_resume_s=round(after[longest] - t_kill, 2),
+        kill_to_all_answered_s=round(t_done - t_kill, 2),
+        answered_after_resume=len(after) - longest,
+        answered_after_ack_deadline=len(redelivered),
+        duplicates=duplicates,
+        by_replica=dict(Counter(rep.rsplit(":", 1)[-1] for _, _, rep in arrivals)),
+    )
+
+
+# ------------------------------------------------- 2. 1,000 malformed messages among good ones
+N_BAD = 1000
+N_GOOD = 1000
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _undecodable(rng: random.Random, make) -> bytes:
+    """A payload from make(rng) that the server's decoder is known to refuse (checked offline)."""
+    from train.data import DatasetError, load_image
+
+    for _ in range(100):
+        data = make(rng)
+        try:
+            load_image(data, (28, 28, 1))
+        except DatasetError:
+            return data
+    raise AssertionError("could not make an undecodable payload")
+
+
+def _corrupt(image_bytes: bytes):
+    def make(rng: random.Random) -> bytes:
+        data = bytearray(image_bytes)
+        if rng.random() < 0.5:
+            return bytes(data[: rng.randrange(16, len(data) - 1)])  # truncated
+        for _ in range(rng.randint(4, 40)):  # scribbled over past the signature
+            data[rng.randrange(8, len(data))] = rng.randrange(256)
+        return bytes(data)
+
+    return make
+
+
+def malformed_messages(images: np.ndarray, n: int, seed: int = 6) -> list[tuple[bytes, str, dict, str, str]]:
+    """n bad requests as (data, ordering_key, attributes, expected error reason, kind), of every kind."""
+    rng = random.Random(seed)
+    raw = {"content_type": wire.RAW, "shape": "28,28,1"}
+    pngs = [_png(images[i]) for i in range(20)]
+    jpegs = [_jpeg(images[i]) for i in range(20)]
+
+    def rand_bytes(lo: int, hi: int) -> bytes:
+        return rng.randbytes(rng.randint(lo, hi))
+
+    garbage_shapes = [
+        ("28,x,1", "bad_attribute"),
+        ("-1,28,28", "bad_attribute"),
+        ("999999999,1,1", "bad_attribute"),
+        ("28,28", "bad_attribute"),
+        ("28,28,1,1", "bad_attribute"),
+        ("", "missing_attribute"),
+        ("😀", "bad_attribute"),
+    ]
+    kinds = [
+        "empty",
+        "short",
+        "long",
+        "random",
+        "wrong_content_type",
+        "missing_attributes",
+        "garbage_attributes",
+        "corrupt_png",
+        "corrupt_jpeg",
+    ]
+    out = []
+    for i in range(n):
+        kind = "oversized" if i == n // 2 else kinds[i % len(kinds)]
+        rid, key = f"bad-{i}", str(i % 4)
+        base = {"request_id": rid, "stream": key, "seq": str(10_000 + i), "sent_ns": str(time.time_ns())}
+        if kind == "empty":
+            out.append((b"", key, {**base, **raw}, "empty", kind))
+        elif kind == "short":
+            out.append((rand_bytes(1, 783), key, {**base, **raw}, "wrong_length", kind))
+        elif kind == "long":
+            out.append((rand_bytes(785, 4000), key, {**base, **raw}, "wrong_length", kind))
+        elif kind == "random":
+            ctype = rng.choice([wire.PNG, wire.JPEG])
+            data = _undecodable(rng, lambda r: r.randbytes(r.randint(1, 3000)))
+            out.append((data, key, {**base, "content_type": ctype}, "undecodable_image", kind))
+        elif kind == "oversized":  # over the wire's 2 MB cap; the 9.5 MB case is test_message_near_the_broker_limit
+            data = rng.randbytes(wire.MAX_REQUEST_BYTES + 1024)
+            out.append((data, key, {**base, **raw}, "oversized", kind))
+        elif kind == "wrong_content_type":
+            ctype = rng.choice(["text/plain", "application/x-python-pickle", "", "image/gif", "IMAGE/PNG", "raw"])
+            data = images[i % len(images)].tobytes()
+            out.append(
+                (data, key, {**base, "content_type": ctype, "shape": "28,28,1"}, "unsupported_content_type", kind)
+            )
+        elif kind == "missing_attributes":
+            attrs = {k: v for k, v in {**base, **raw}.items() if k != "request_id" and rng.random() < 0.5}
+            out.append((images[i % len(images)].tobytes(), key, attrs, "missing_attribute", kind))
+        elif kind == "garbage_attributes":
+            variant = (i // len(kinds)) % 6
+            pixels = images[i % len(images)].tobytes()
+            if variant == 0:
+                shape, reason = garbage_shapes[(i // len(kinds) // 6) % len(garbage_shapes)]
+                attrs = {**base, "content_type": wire.RAW, **({"shape": shape} if shape else {})}
+                out.append((pixels, key, attrs, reason, kind))
+            elif variant == 1:
+                out.append(
+                    (
+                        rand_bytes(1024, 1024),
+                        key,
+                        {**base, "content_type": wire.RAW, "shape": "32,32,1"},
+                        "shape_mismatch",
+                        kind,
+                    )
+                )
+            elif variant == 2:
+                seq = rng.choice(["-3", "x", "1.5", " 7", ""])
+                out.append((pixels, key, {**base, **raw, "seq": seq}, "bad_attribute", kind))
+            elif variant == 3:
+                out.append((pixels, key, {**base, **raw, "sent_ns": "soon"}, "bad_attribute", kind))
+            elif variant == 4:
+                out.append((pixels, key, {**base, **raw, "request_id": "r" * 300}, "bad_attribute", kind))
+            else:  # keys and values of random printable junk, and no request id
+                junk = {
+                    f"k{rng.randrange(10**6)}": "".join(rng.choice("abc!@#$%^&*()😀 ") for _ in range(20))
+                    for _ in range(5)
+                }
+                out.append((pixels, key, junk, "missing_attribute", kind))
+        elif kind == "corrupt_png":
+            data = _undecodable(rng, _corrupt(rng.choice(pngs)))
+            out.append((data, key, {**base, "content_type": wire.PNG}, "undecodable_image", kind))
+        else:  # corrupt_jpeg
+            data = _undecodable(rng, _corrupt(rng.choice(jpegs)))
+            out.append((data, key, {**base, "content_type": wire.JPEG}, "undecodable_image", kind))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topology, start_server, model_dir):
+    from train.data import load_fashion_mnist
+    from train.evaluate import evaluate_model
+
+    images = load_fashion_mnist("test", N_GOOD).images
+    bad = malformed_messages(images, N_BAD)
+    good = []
+    for i in range(N_GOOD):
+        data, attrs = wire.encode_request(images[i], f"good-{i}", stream=str(i % 4), seq=i)
+        good.append((data, attrs["stream"], attrs))
+    interleaved = [m for pair in zip(good, [(d, k, a) for d, k, a, _, _ in bad]) for m in pair]
+    server = start_server()
+    pid = server.proc.pid
+    with ResultWatcher(topology) as watcher:
+        started = time.monotonic()
+        message_ids = publish_messages(topology, interleaved)
+        bad_ids = message_ids[1::2]
+
+        def everything_answered(arrivals) -> bool:
+            ids = {r.get("request_id") for _, r, _ in arrivals}
+            errors = {r.get("message_id") for _, r, _ in arrivals if "error" in r}
+            return all(f"good-{i}" in ids for i in range(N_GOOD)) and set(bad_ids) <= errors
+
+        complete = watcher.wait_until(everything_answered, timeout=180)
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)
+    arrivals = watcher.snapshot()
+    assert complete, f"only {len(arrivals)} results"
+    errors_by_message = {r["message_id"]: r for _, r, _ in arrivals if "error" in r}
+    predictions = {r["request_id"]: r for _, r, _ in arrivals if "error" not in r}
+    # Every bad message: its own error result, with the reason its kind calls for.
+    wrong = [
+        (kind, reason, errors_by_message[mid]["error"])
+        for mid, (_, _, _, reason, kind) in zip(bad_ids, bad)
+        if errors_by_message[mid]["error"] != reason
+    ]
+    assert not wrong, wrong[:10]
+    assert set(predictions) == {f"good-{i}" for i in range(N_GOOD)}, "no bad message may yield a prediction"
+    # Every good message: the same label as the offline evaluation of the same checkpoint.
+    offline = evaluate_model(model_dir, N_GOOD)["predictions"]
+    mismatches = [i for i in range(N_GOOD) if predictions[f"good-{i}"]["label"] != int(offline[i])]
+    assert not mismatches, f"{len(mismatches)} predictions differ from offline, e.g. {mismatches[:5]}"
+    # The server never restarted: same process, still serving, no crash in its log.
+    assert server.proc.pid == pid and server.proc.poll() is None and len(server.ready_lines) == 1
+    assert "Traceback" not in server.log_text()
+    publish_images(topology, images[:1], run_id="after")
+    with ResultWatcher(topology) as again:
+        assert again.wait_for(["after-0"], timeout=30), "the server must keep serving after the flood"
+    assert pull_all(topology.dead_letter_subscription_path, timeout=0.5) == []
+    reasons = Counter(r["error"] for r in errors_by_message.values())
+    kinds = Counter(kind for *_, kind in bad)
+    total = Counter(r["message_id"] if "error" in r else r["request_id"] for _, r, _ in arrivals)
+    _figures(
+        "malformed",
+        bad=N_BAD,
+        good=N_GOOD,
+        seconds_to_answer_all=round(elapsed, 1),
+        duplicates=sum(n - 1 for n in total.values()),
+        kinds=dict(sorted(kinds.items())),
+        reasons=dict(sorted(reasons.items())),
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "broker/pubsub.py Puller: against the emulator, the GAPIC SubscriberClient opens "
+        "grpc.insecure_channel(host) with no options, so gRPC's default 4 MB receive limit applies: a pull "
+        "response holding a message near Pub/Sub's 10 MB limit (or several MB of smaller ones) fails client-side "
+        "with ResourceExhausted, which Puller reports as BrokerError. The server then logs 'pull failed, retrying' "
+        "each time the message is redelivered, never answers it, delays whatever else that pull carried by an ack "
+        "deadline, and once max_delivery_attempts are spent the emulator's dead-letter bug on ordered "
+        "subscriptions fails every later pull, so the server exits after broker_give_up_s. Fix: when "
+        "PUBSUB_EMULATOR_HOST is set, build Puller's client as SubscriberClient(transport=SubscriberGrpcTransport("
+        "channel=grpc.insecure_channel(host, options=[('grpc.max_receive_message_length', -1)]))), as the "
+        "real-endpoint transport already is; the server then answers 'oversized'."
+    ),
+)
+@pytest.mark.timeout(60)
+def test_message_near_the_broker_limit_can_be_pulled(topology):
+    publish_raw(topology, os.urandom(int(9.5 * 2**20)), "big", request_id="big-0", content_type=wire.RAW)
+    puller = Puller(topology.requests_subscription_path)
+    try:
+        deadline, messages = time.monotonic() + 20, []
+        while not messages and time.monotonic() < deadline:
+            messages = puller.pull(timeout=5.0)
+        assert [m.attributes["request_id"] for m in messages] == ["big-0"]
+        puller.ack([m.ack_id for m in messages])
+    finally:
+        puller.close()
+
+
+# ------------------------------------------------- 3. the broker is unreachable at start
+@pytest.mark.timeout(90)
+def test_clis_fail_fast_with_one_line_when_the_broker_is_unreachable():
+    closed = free_port()
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{closed}"}
+    commands = {
+        "server": [sys.executable, "-m", "server"],
+        "server-replicas": [sys.executable, "-m", "server", "--replicas", "2"],
+        "streamer": [sys.executable, "-m", "streamer", "--limit", "5", "--no-verify"],
+    }
+    started = time.monotonic()
+    procs = {
+        name: subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, cmd in commands.items()
+    }
+    took = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            took[name] = round(time.monotonic() - started, 1)
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert proc.returncode != 0, name
+            assert took[name] < 30, f"{name} took {took[name]}s"
+            assert "Traceback" not in err + out, f"{name}:\n{err}"
+            assert len(lines) == 1 and lines[0].startswith("error:"), f"{name} printed:\n{err}"
+            assert f"127.0.0.1:{closed}" in lines[0], lines[0]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    _figures("unreachable_at_start", seconds_to_exit=took, line=lines[0][:120])
+
+
+# ------------------------------------------------- 4. the broker goes away mid-run
+def _progress(text: str, bar: str) -> int:
+    """The last count a tqdm bar named `bar` printed (tqdm writes to a file with carriage returns)."""
+    found = re.findall(rf"{bar}\s*:\s*\d+%\|[^|]*\|\s*(\d+)/\d+", text)
+    return int(found[-1]) if found else 0
+
+
+@pytest.mark.timeout(300)
+def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model_dir, monkeypatch):
+    suffix = uuid.uuid4().hex[:10]
+    emulator = Emulator().start()  # a private one: this test kills it
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the streamer's managed server logs
+    streamer_err = tmp_path / "streamer.err"
+    server = streamer = None
+    try:
+        server = ServerProcess(suffix, model_dir)  # a server on its own ...
+        with open(streamer_err, "w") as err:  # ... and a streamer with its own managed server
+            streamer = subprocess.Popen(
+                [
+                    sys.executable, "-m", "streamer", "--limit", "6000", "--rate", "150", "--topic-suffix", suffix,
+                    "--model", str(model_dir), "--reports-dir", str(tmp_path / "reports"), "--no-verify",
+                    "--timeout", "300",
+                ],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            )  # fmt: skip
+        server.wait_ready(timeout=120)
+        deadline = time.monotonic() + 120
+        while _progress(streamer_err.read_text(errors="replace"), "received") < 100:
+            assert streamer.poll() is None, streamer_err.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the streamer never got results"
+            time.sleep(0.5)
+        managed = [pid for pid in _pids_with(suffix) if pid not in (server.proc.pid, streamer.pid)]
+        assert managed, "the streamer's managed server should be running"
+
+        killed = time.monotonic()
+        os.killpg(emulator.process.pid, signal.SIGKILL)
+        exits = {}
+        while (server.proc.poll() is None or streamer.poll() is None) and time.monotonic() - killed < 120:
+            for name, proc in (("server", server.proc), ("streamer", streamer)):
+                if name not in exits and proc.poll() is not None:
+                    exits[name] = round(time.monotonic() - killed, 1)
+            time.sleep(0.2)
+        for name, proc in (("server", server.proc), ("streamer", streamer)):
+            if name not in exits and proc.poll() is not None:
+                exits[name] = round(time.monotonic() - killed, 1)
+        assert set(exits) == {"server", "streamer"}, f"still running 120 s after the broker died: {exits}"
+        assert server.proc.returncode != 0 and streamer.returncode != 0
+        assert exits["server"] < 60 and exits["streamer"] < 60, exits
+
+        server_log = server.log_text()
+        assert "Traceback" not in server_log, server_log[-3000:]
+        server_error = [line for line in server_log.splitlines() if line.startswith("error:")]
+        assert server_error, server_log[-2000:]
+        err_text = streamer_err.read_text(errors="replace")
+        assert "Traceback" not in err_text, err_text[-3000:]
+        last = err_text.replace("\r", "\n").strip().splitlines()[-1]
+        assert last.startswith("error:"), err_text[-2000:]
+        time.sleep(0.5)
+        leftovers = _pids_with(suffix)
+        assert not leftovers, f"processes left behind: {leftovers}"
+        _figures(
+            "broker_killed",
+            seconds_to_exit=exits,
+            server_code=server.proc.returncode,
+            streamer_code=streamer.returncode,
+            streamer_line=last[:160],
+            server_line=server_error[-1][:160],
+        )
+    finally:
+        if streamer is not None and streamer.poll() is None:
+            os.killpg(streamer.pid, signal.SIGKILL)
+            streamer.wait(10)
+        if server is not None:
+            server.kill()
+        _kill_all(_pids_with(suffix))
+        emulator.stop()
+
+
+# ------------------------------------------------- 6. the collector killed and restarted
+N_RESUME = 1000
+
+
+def _answered_in(state_file: Path) -> int:
+    try:
+        return len(json.loads(state_file.read_text())["answered"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.timeout(240)
+def test_collector_killed_mid_run_resumes_from_its_state_file(topology, start_server, suffix, tmp_path, model_dir):
+    server = start_server()
+    state, run_id, reports = tmp_path / "collector.json", "resume6", tmp_path / "reports"
+    common = ["--run-id", run_id, "--state-file", str(state), "--limit", str(N_RESUME), "--server", "external"]
+    common += ["--topic-suffix", suffix, "--reports-dir", str(reports), "--model", str(model_dir)]
+    err_path = tmp_path / "streamer.err"
+    with open(err_path, "w") as err:
+        streamer = subprocess.Popen(
+            [sys.executable, "-m", "streamer", *common, "--rate", "200", "--no-verify", "--timeout", "120"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while _answered_in(state) < 100:
+            assert streamer.poll() is None, err_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, "no results persisted"
+            time.sleep(0.2)
+        # Hold the results back (pause the server) until every request is published, then kill the streamer.
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            while _progress(err_path.read_text(errors="replace"), "published") < N_RESUME:
+                assert streamer.poll() is None, err_path.read_text()[-2000:]
+                assert time.monotonic() < deadline, "publishing did not finish"
+                time.sleep(0.2)
+            streamer.kill()
+            streamer.wait(10)
+            persisted = _answered_in(state)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+    finally:
+        if streamer.poll() is None:
+            streamer.kill()
+            streamer.wait(10)
+    assert 0 < persisted < N_RESUME
+    started = time.monotonic()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "streamer", "--collect-only", *common, "--timeout", "120"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    took = time.monotonic() - started
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (folder,) = [p for p in reports.iterdir() if (p / "report.json").is_file()]
+    report = json.loads((folder / "report.json").read_text())
+    counts = report["counts"]
+    assert report["run"]["mode"] == "collect-only" and report["run"]["run_id"] == run_id
+    assert counts["sent"] == counts["answered"] == N_RESUME and counts["missing"] == 0 and counts["errors"] == 0
+    assert report["offline"]["identical"] is True
+    assert server.proc.poll() is None
+    _figures(
+        "collector_restart",
+        requests=N_RESUME,
+        persisted_at_kill=persisted,
+        collect_only_s=round(took, 1),
+        duplicates=counts["duplicates"],
+        ordering_violations=report["ordering"]["violations"],
+    )
+
+
+# ------------------------------------------------- 7. ordered publishing after an error
+@pytest.mark.timeout(90)
+def test_ordered_publisher_resumes_a_key_after_a_failed_publish(emulator, suffix):
+    """python-pubsub pauses an ordering key after a failed publish (googleapis/python-pubsub#1084).
+
+    The raw client stays paused; broker.pubsub.Publisher resumes the key, so once the
+    topic is back, later publishes on the same key succeed and arrive in order.
+    """
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import types
+    from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException
+
+    topic = f"projects/{EMULATOR_PROJECT}/topics/order-{suffix}"
+    subs = [f"projects/{EMULATOR_PROJECT}/subscriptions/order-{suffix}-{n}" for n in (1, 2)]
+    admin, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    raw = pubsub_v1.PublisherClient(publisher_options=types.PublisherOptions(enable_message_ordering=True))
+    publisher = Publisher(topic)
+    try:
+        create_topic(admin, topic)
+        create_subscription(subscriber, subs[0], topic, enable_message_ordering=True)
+        for i in range(3):
+            publisher.publish(f"m{i}".encode(), "k").result(timeout=30)
+        raw.publish(topic, b"r0", ordering_key="k").result(timeout=30)
+
+        admin.delete_topic(request={"topic": topic})  # the topic goes away mid-stream
+        with pytest.raises(gexc.NotFound):
+            publisher.publish(b"m3", "k").result(timeout=30)
+        with pytest.raises(gexc.NotFound):
+            raw.publish(topic, b"r1", ordering_key="k").result(timeout=30)
+
+        create_topic(admin, topic)  # ... and comes back
+        create_subscription(subscriber, subs[1], topic, enable_message_ordering=True)
+        with pytest.raises(PublishToPausedOrderingKeyException):  # the client alone: paused for good
+            raw.publish(topic, b"r2", ordering_key="k").result(timeout=30)
+        for i in range(4, 8):  # the wrapper: publishing on the key goes on
+            publisher.publish(f"m{i}".encode(), "k").result(timeout=30)
+
+        puller, got = Puller(subs[1]), []
+        try:
+            deadline = time.monotonic() + 20
+            while len(got) < 4 and time.monotonic() < deadline:
+                messages = puller.pull(timeout=2.0)
+                got += [m.data.decode() for m in messages]
+                puller.ack([m.ack_id for m in messages])
+        finally:
+            puller.close()
+        assert got == ["m4", "m5", "m6", "m7"]
+    finally:
+        publisher.close()
+        raw.stop()
+        for sub in subs:
+            try:
+                subscriber.delete_subscription(request={"subscription": sub})
+            except gexc.NotFound:
+                pass
+        try:
+            admin.delete_topic(request={"topic": topic})
+        except gexc.NotFound:
+            pass
+        admin.transport.close()
+        subscriber.close()
+
+
+_QUEUED_FAILURE = """
+import os, sys, time
+from broker.pubsub import Publisher, PublishSettings, create_topic
+from google.cloud import pubsub_v1
+topic = sys.argv[1]
+publisher = Publisher(topic, PublishSettings(max_messages=1, max_latency_s=0.001))
+futures = [publisher.publish(b"m%d" % i, "k") for i in range(5)]  # one batch in flight, four queued behind it
+try:
+    failed = [f.exception(timeout=5) is not None for f in futures]
+    admin = pubsub_v1.PublisherClient()
+    create_topic(admin, topic)
+    publisher.publish(b"after", "k").result(timeout=15)
+except Exception as err:
+    print("stalled:", type(err).__name__, err, flush=True)
+    os._exit(1)
+print("recovered", failed, flush=True)
+os._exit(0)
+"""
+
+_CLOSE_WITH_QUEUE = """
+import os, sys, threading
+from broker.pubsub import Publisher, PublishSettings, create_topic
+from google.cloud import pubsub_v1
+topic = sys.argv[1]
+create_topic(pubsub_v1.PublisherClient(), topic)
+publisher = Publisher(topic, PublishSettings(max_messages=1, max_latency_s=0.001))
+publisher.publish(b"warm", "k").result(timeout=15)
+futures = [publisher.publish(b"m%d" % i, "k") for i in range(20)]  # batches queued on one key
+closer = threading.Thread(target=publisher.close, daemon=True)
+closer.start()
+closer.join(5)
+print("deadlocked" if closer.is_alive() else "closed", flush=True)
+os._exit(1 if closer.is_alive() else 0)
+"""
+
+_RESUME_FIX = (
+    "broker/pubsub.py Publisher._resume_if_failed calls client.resume_publish() from inside the future's "
+    "done-callback. python-pubsub runs those callbacks while holding its own non-reentrant locks when it "
+    "cancels queued batches: in OrderedSequencer._pause (sequencer _state_lock) after a failed batch, and in "
+    "Client.stop (client _batch_lock) via sequencer.stop(). resume_publish takes the same lock, so the thread "
+    "deadlocks and every later publish on the key (or close()) blocks forever. Fix: the callback only records "
+    "the key as failed (own lock, no client call); publish() resumes a recorded key before publishing "
+    "(suppressing 'not paused' RuntimeError) and, if client.publish returns a future that already failed with "
+    "PublishToPausedOrderingKeyException, resumes and publishes once more."
+)
+
+
+def _run_script(script: str, topic: str) -> subprocess.CompletedProcess:
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", script, topic], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"hung: {err}") from None
+    finally:
+        admin = pubsub_v1.PublisherClient()
+        try:
+            admin.delete_topic(request={"topic": topic}, timeout=10)
+        except gexc.NotFound:
+            pass
+        finally:
+            admin.transport.close()
+
+
+@pytest.mark.xfail(strict=True, reason=_RESUME_FIX)
+@pytest.mark.timeout(90)
+def test_ordered_publisher_recovers_when_batches_were_queued_behind_the_failure(emulator, suffix):
+    topic = f"projects/{EMULATOR_PROJECT}/topics/queued-{suffix}"  # does not exist yet: the first batch fails
+    proc = _run_script(_QUEUED_FAILURE, topic)
+    assert proc.returncode == 0 and "recovered" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+@pytest.mark.xfail(strict=True, reason=_RESUME_FIX)
+@pytest.mark.timeout(90)
+def test_ordered_publisher_closes_with_batches_queued(emulator, suffix):
+    topic = f"projects/{EMULATOR_PROJECT}/topics/close-{suffix}"
+    proc = _run_script(_CLOSE_WITH_QUEUE, topic)
+    assert proc.returncode == 0 and "closed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "streamer/stream.py publish_dataset: the in-flight batch's done-callback calls f.exception(), which "
+        "raises CancelledError when the publishing task is cancelled while a batch is in flight, so asyncio logs "
+        "'Exception in callback ...' with a traceback (streamer/run.py avoids cancelling mid-batch, but asyncio.run "
+        "cancels leftover tasks too). Fix: `lambda f, n=end - i: not f.cancelled() and f.exception() is None and "
+        "on_published(n)`."
+    ),
+)
+@pytest.mark.timeout(60)
+def test_cancelling_the_publisher_mid_batch_is_quiet(topology, test_images):
+    import asyncio
+
+    from streamer.stream import make_publisher, publish_dataset
+
+    class SlowBroker:  # every batch takes a second: the cancel surely lands while one is in flight
+        def __init__(self):
+            self.publisher = make_publisher(topology.requests_topic_path)
+
+        def publish_batch(self, items):
+            time.sleep(1.0)
+            return self.publisher.publish_batch(items)
+
+        def close(self):
+            self.publisher.close()
+
+    async def cancel_mid_batch() -> list[dict]:
+        loop, seen = asyncio.get_running_loop(), []
+        loop.set_exception_handler(lambda _loop, context: seen.append(context))
+        publisher = SlowBroker()
+        try:
+            task = asyncio.create_task(
+                publish_dataset(publisher, test_images.images, "cancel", 0, 4, on_published=lambda n: None)
+            )
+            await asyncio.sleep(0.3)
+            assert not task.done()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0.2)  # let the cancelled batch's callbacks run
+        finally:
+            publisher.close()
+        return seen
+
+    seen = asyncio.run(cancel_mid_batch())
+    assert [str(c.get("exception") or c.get("message")) for c in seen] == []

@@ -1,0 +1,155 @@
+"""Operations (issue 6): a server's Prometheus endpoint, scraped after a small known run, and its log format.
+
+One server (module scope) gets 50 good and 5 bad requests on a fresh topology against Google's
+real Pub/Sub emulator; every test below checks one part of the scrape against what was sent.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+import uuid
+from collections import Counter
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker import wire
+from broker.emulator import free_port
+from broker.pubsub import EMULATOR_PROJECT, Topology, delete_topology, ensure_topology
+from tests.conftest import ServerProcess, collect_results, publish_images, publish_messages
+
+pytestmark = pytest.mark.emulator
+
+N_GOOD = 50
+BAD = {  # request id -> (payload, attributes, the error reason the server must count)
+    "bad-empty-0": (b"", {"content_type": wire.RAW, "shape": "28,28,1"}, "empty"),
+    "bad-empty-1": (b"", {"content_type": wire.RAW, "shape": "28,28,1"}, "empty"),
+    "bad-type": (b"\0" * 784, {"content_type": "text/plain"}, "unsupported_content_type"),
+    "bad-length": (b"\0" * 100, {"content_type": wire.RAW, "shape": "28,28,1"}, "wrong_length"),
+    "bad-png": (b"\x89PNG\r\n\x1a\nnot a png", {"content_type": wire.PNG}, "undecodable_image"),
+}
+
+
+class Scrape:
+    def __init__(self, text: str):
+        self.text = text
+        self.samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def value(self, name: str, **labels) -> float:
+        return sum(
+            s.value for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def labels(self, name: str) -> list[dict]:
+        return [s.labels for s in self.samples if s.name == name]
+
+
+@pytest.fixture(scope="module")
+def run(emulator, model_dir, test_images):
+    """(scrape, results, result-message bodies, server log, model metadata) after 50 good + 5 bad requests."""
+    from train.checkpoint import load_metadata
+
+    suffix = uuid.uuid4().hex[:10]
+    topo = Topology(EMULATOR_PROJECT, ack_deadline_s=10).with_suffix(suffix)
+    ensure_topology(topo)
+    port = free_port()
+    server = ServerProcess(suffix, model_dir, "--metrics-port", str(port))
+    try:
+        server.wait_ready()
+        publish_images(topo, test_images.images[:N_GOOD], run_id="m")
+        publish_messages(topo, [(data, "b", {"request_id": rid, **attrs}) for rid, (data, attrs, _) in BAD.items()])
+        results, bodies = collect_results(topo, N_GOOD + len(BAD), timeout=60)
+        assert len(results) == N_GOOD + len(BAD)
+        deadline = time.monotonic() + 15  # acks (and so the result counter) settle just after the publishes
+        while True:
+            scrape = Scrape(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+            settled = scrape.value("icc_results_total") >= N_GOOD + len(BAD)
+            if settled and scrape.value("icc_messages_outstanding") == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        yield scrape, results, bodies, server.log_text(), load_metadata(model_dir)
+    finally:
+        server.kill()
+        delete_topology(topo)
+
+
+@pytest.mark.timeout(120)
+def test_requests_and_results_are_counted(run):
+    scrape, results, *_ = run
+    assert scrape.value("icc_requests_total") == N_GOOD + len(BAD)  # pulled, no redelivery in a run this small
+    assert scrape.value("icc_results_total") == N_GOOD + len(BAD)  # every one answered (and acked)
+    assert sum("error" not in r for r in results) == N_GOOD
+
+
+@pytest.mark.timeout(120)
+def test_errors_are_counted_by_reason(run):
+    scrape, results, *_ = run
+    expected = Counter(reason for *_, reason in BAD.values())
+    counted = {
+        labels["reason"]: scrape.value("icc_errors_total", **labels) for labels in scrape.labels("icc_errors_total")
+    }
+    assert counted == dict(expected)
+    assert Counter(r["error"] for r in results if "error" in r) == expected
+
+
+@pytest.mark.timeout(120)
+def test_batch_size_and_latency_histograms(run):
+    scrape, results, *_ = run
+    batches = scrape.value("icc_batch_size_count")
+    assert 1 <= batches <= N_GOOD + len(BAD)
+    assert scrape.value("icc_batch_size_sum") == N_GOOD + len(BAD)  # every request went through one batch
+    assert scrape.value("icc_compute_seconds_count") == batches
+    assert scrape.value("icc_queue_wait_seconds_count") == N_GOOD + len(BAD)
+    assert scrape.value("icc_in_server_seconds_count") == N_GOOD + len(BAD)
+    assert scrape.value("icc_in_server_seconds_sum") >= scrape.value("icc_queue_wait_seconds_sum") > 0
+    # The largest batch the results report is within the histogram's observed range.
+    largest = max(r["timing"]["batch_size"] for r in results if "timing" in r)
+    assert scrape.value("icc_batch_size_bucket", le="+Inf") == batches
+    assert (
+        scrape.value("icc_batch_size_bucket", le=str(float(next(b for b in (1, 2, 4, 8, 16, 32, 64) if b >= largest))))
+        >= 1
+    )
+
+
+@pytest.mark.timeout(120)
+def test_outstanding_messages_return_to_zero(run):
+    scrape, *_ = run
+    assert "icc_messages_outstanding" in scrape.text
+    assert scrape.value("icc_messages_outstanding") == 0
+
+
+@pytest.mark.timeout(120)
+def test_model_identity_is_exposed(run):
+    scrape, _, bodies, _, meta = run
+    (info,) = scrape.labels("icc_model_info")
+    assert info["digest"] == meta["checkpoint_sha256"][:16] == bodies[0]["model"]
+    assert info["dataset"] == str(meta.get("dataset"))
+    assert scrape.value("icc_model_info") == 1
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+\[\d+\]: \S")
+
+
+@pytest.mark.timeout(120)
+def test_server_log_is_one_line_per_event_with_a_level(run):
+    *_, log, _ = run
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines, "the server logged nothing"
+    assert [line for line in lines if not LOG_LINE.match(line)] == []
+    levels = Counter(LOG_LINE.match(line).group(1) for line in lines)
+    assert levels["WARNING"] >= len(BAD)  # one line per bad request
+    assert not levels["ERROR"] and not levels["CRITICAL"]
+
+
+@pytest.mark.timeout(120)
+def test_each_replica_serves_metrics_on_its_own_port(topology, start_server):
+    """`--replicas N --metrics-port P`: replica i on P + i (two processes cannot share one port)."""
+    port = free_port()
+    server = start_server("--metrics-port", str(port), replicas=2)
+    for p in (port, port + 1):  # a server process opens one endpoint, so two answering ports = two replicas
+        scrape = Scrape(urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=5).read().decode())
+        assert scrape.value("icc_model_info") == 1
+    assert server.proc.poll() is None and "Traceback" not in server.log_text()
+    assert f"metrics on ports {port}..{port + 1}" in server.log_text()
