@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 
+import grpc
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1 import types
+from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException
 from google.pubsub_v1.services.publisher.client import PublisherClient as GapicPublisherClient
 from google.pubsub_v1.services.subscriber.client import SubscriberClient as GapicSubscriberClient
+from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 from google.pubsub_v1.types import DeadLetterPolicy, PublishRequest
 
 from broker.emulator import Emulator, port_open
@@ -233,8 +236,9 @@ class Publisher:
 
     python-pubsub pauses an ordering key after a failed publish and rejects every
     later publish on it until resume_publish() is called (googleapis/python-pubsub#1084).
-    A failed publish here resumes its key at once; the caller sees the failed future
-    and decides what to redo (the server nacks, so the request is redelivered).
+    A failed publish here marks its key, and the next publish on that key resumes it
+    first; the caller sees the failed future and decides what to redo (the server
+    nacks, so the request is redelivered).
     """
 
     def __init__(self, topic_path: str, settings: PublishSettings = PublishSettings(), ordering: bool = True):
@@ -252,20 +256,34 @@ class Publisher:
                 ),
             ),
         )
+        self._failed_keys: set[str] = set()
 
     def publish(self, data: bytes, ordering_key: str = "", **attributes: str) -> Future:
-        try:
-            future = self.client.publish(self.topic_path, data, ordering_key=ordering_key, **attributes)
-        except RuntimeError:  # the key was paused by an earlier failure that raced with us
-            self.client.resume_publish(self.topic_path, ordering_key)
+        if ordering_key and ordering_key in self._failed_keys:
+            self._resume(ordering_key)
+        future = self.client.publish(self.topic_path, data, ordering_key=ordering_key, **attributes)
+        if ordering_key and future.done() and isinstance(future.exception(), PublishToPausedOrderingKeyException):
+            # Paused by a failure whose callback has not run yet: resume and publish once more.
+            self._resume(ordering_key)
             future = self.client.publish(self.topic_path, data, ordering_key=ordering_key, **attributes)
         if ordering_key:
-            future.add_done_callback(lambda f, key=ordering_key: self._resume_if_failed(f, key))
+            future.add_done_callback(lambda f, key=ordering_key: self._note_failure(f, key))
         return future
 
-    def _resume_if_failed(self, future: Future, key: str) -> None:
-        if future.exception() is not None:
-            log.warning("publish on ordering key %s failed (%s); resuming the key", key, _short(future.exception()))
+    def _note_failure(self, future: Future, key: str) -> None:
+        # Only record it: this callback runs under python-pubsub's own locks, and calling
+        # resume_publish() from here deadlocks when batches are queued behind the failure.
+        if not future.cancelled() and future.exception() is not None:
+            log.warning(
+                "publish on ordering key %s failed (%s); it resumes on the next publish",
+                key,
+                _short(future.exception()),
+            )
+            self._failed_keys.add(key)
+
+    def _resume(self, key: str) -> None:
+        self._failed_keys.discard(key)
+        with contextlib.suppress(ValueError, RuntimeError):  # "not paused" is fine
             self.client.resume_publish(self.topic_path, key)
 
     def close(self) -> None:
@@ -340,7 +358,7 @@ class Puller:
         self.subscription_path = subscription_path
         self.max_messages = max_messages
         self.poll = bool(os.environ.get("PUBSUB_EMULATOR_HOST")) if poll is None else poll
-        self.client = pubsub_v1.SubscriberClient()
+        self.client = subscriber_client()
 
     def pull(self, max_messages: int | None = None, timeout: float = 2.0) -> list[Received]:
         """Messages available within `timeout` (possibly none); raises BrokerError if the broker fails."""
@@ -397,6 +415,21 @@ class Puller:
 
     def close(self) -> None:
         self.client.close()
+
+
+def subscriber_client() -> pubsub_v1.SubscriberClient:
+    """A SubscriberClient; on the emulator without gRPC's default 4 MB receive limit.
+
+    The client builds a bare insecure channel for PUBSUB_EMULATOR_HOST, so one pull
+    response over 4 MB (e.g. a few near-limit messages) would fail forever.
+    """
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return pubsub_v1.SubscriberClient()
+    channel = grpc.insecure_channel(
+        host, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    )
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
 def _chunks(items: Sequence[str]) -> Iterator[list[str]]:

@@ -103,9 +103,14 @@ def check_request(data: bytes, attributes: Mapping[str, str]) -> tuple[str, str,
     if content_type not in CONTENT_TYPES:
         raise WireError("unsupported_content_type", repr(content_type[:40]))
     seq_text, sent_text = attributes.get("seq", "0"), attributes.get("sent_ns", "0")
-    if not seq_text.isdigit() or not sent_text.isdigit():
+    if not _is_uint(seq_text) or not _is_uint(sent_text):
         raise WireError("bad_attribute", "seq and sent_ns must be non-negative integers")
     return request_id, content_type, int(seq_text), int(sent_text)
+
+
+def _is_uint(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def check_raw_length(data: bytes, attributes: Mapping[str, str], expected_shape: Sequence[int]) -> None:

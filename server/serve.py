@@ -276,7 +276,9 @@ class InferenceServer:
                 else:
                     decoded.append(self._decode_image(m.data))
                     decoded_at.append(i)
-            except wire.WireError as err:
+            except Exception as err:  # WireError, or anything unforeseen: an error result, never a lost batch
+                if not isinstance(err, wire.WireError):
+                    err = wire.WireError("bad_request", f"{type(err).__name__}: {err}")
                 if len(fields) == i:
                     fields.append(self._salvage_fields(m.attributes))
                 results[i] = wire.error(
@@ -356,8 +358,8 @@ class InferenceServer:
         request_id = attributes.get("request_id") or None
         return (
             request_id[: wire.MAX_ID_CHARS] if request_id else None,
-            int(seq) if seq.isdigit() else None,
-            int(sent) if sent.isdigit() else None,
+            int(seq) if seq.isascii() and seq.isdigit() else None,
+            int(sent) if sent.isascii() and sent.isdigit() else None,
         )
 
     # ---------------------------------------------------------- lifecycle

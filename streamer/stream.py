@@ -70,7 +70,9 @@ async def publish_dataset(
             await in_flight
         in_flight = asyncio.ensure_future(asyncio.to_thread(publisher.publish_batch, items))
         if on_published:
-            in_flight.add_done_callback(lambda f, n=end - i: f.exception() is None and on_published(n))
+            in_flight.add_done_callback(
+                lambda f, n=end - i: not f.cancelled() and f.exception() is None and on_published(n)
+            )
         i = end
     if in_flight is not None:
         await in_flight

@@ -326,21 +326,6 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "broker/pubsub.py Puller: against the emulator, the GAPIC SubscriberClient opens "
-        "grpc.insecure_channel(host) with no options, so gRPC's default 4 MB receive limit applies: a pull "
-        "response holding a message near Pub/Sub's 10 MB limit (or several MB of smaller ones) fails client-side "
-        "with ResourceExhausted, which Puller reports as BrokerError. The server then logs 'pull failed, retrying' "
-        "each time the message is redelivered, never answers it, delays whatever else that pull carried by an ack "
-        "deadline, and once max_delivery_attempts are spent the emulator's dead-letter bug on ordered "
-        "subscriptions fails every later pull, so the server exits after broker_give_up_s. Fix: when "
-        "PUBSUB_EMULATOR_HOST is set, build Puller's client as SubscriberClient(transport=SubscriberGrpcTransport("
-        "channel=grpc.insecure_channel(host, options=[('grpc.max_receive_message_length', -1)]))), as the "
-        "real-endpoint transport already is; the server then answers 'oversized'."
-    ),
-)
 @pytest.mark.timeout(60)
 def test_message_near_the_broker_limit_can_be_pulled(topology):
     publish_raw(topology, os.urandom(int(9.5 * 2**20)), "big", request_id="big-0", content_type=wire.RAW)
@@ -642,17 +627,6 @@ print("deadlocked" if closer.is_alive() else "closed", flush=True)
 os._exit(1 if closer.is_alive() else 0)
 """
 
-_RESUME_FIX = (
-    "broker/pubsub.py Publisher._resume_if_failed calls client.resume_publish() from inside the future's "
-    "done-callback. python-pubsub runs those callbacks while holding its own non-reentrant locks when it "
-    "cancels queued batches: in OrderedSequencer._pause (sequencer _state_lock) after a failed batch, and in "
-    "Client.stop (client _batch_lock) via sequencer.stop(). resume_publish takes the same lock, so the thread "
-    "deadlocks and every later publish on the key (or close()) blocks forever. Fix: the callback only records "
-    "the key as failed (own lock, no client call); publish() resumes a recorded key before publishing "
-    "(suppressing 'not paused' RuntimeError) and, if client.publish returns a future that already failed with "
-    "PublishToPausedOrderingKeyException, resumes and publishes once more."
-)
-
 
 def _run_script(script: str, topic: str) -> subprocess.CompletedProcess:
     from google.api_core import exceptions as gexc
@@ -674,7 +648,6 @@ def _run_script(script: str, topic: str) -> subprocess.CompletedProcess:
             admin.transport.close()
 
 
-@pytest.mark.xfail(strict=True, reason=_RESUME_FIX)
 @pytest.mark.timeout(90)
 def test_ordered_publisher_recovers_when_batches_were_queued_behind_the_failure(emulator, suffix):
     topic = f"projects/{EMULATOR_PROJECT}/topics/queued-{suffix}"  # does not exist yet: the first batch fails
@@ -682,7 +655,6 @@ def test_ordered_publisher_recovers_when_batches_were_queued_behind_the_failure(
     assert proc.returncode == 0 and "recovered" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason=_RESUME_FIX)
 @pytest.mark.timeout(90)
 def test_ordered_publisher_closes_with_batches_queued(emulator, suffix):
     topic = f"projects/{EMULATOR_PROJECT}/topics/close-{suffix}"
@@ -690,16 +662,6 @@ def test_ordered_publisher_closes_with_batches_queued(emulator, suffix):
     assert proc.returncode == 0 and "closed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "streamer/stream.py publish_dataset: the in-flight batch's done-callback calls f.exception(), which "
-        "raises CancelledError when the publishing task is cancelled while a batch is in flight, so asyncio logs "
-        "'Exception in callback ...' with a traceback (streamer/run.py avoids cancelling mid-batch, but asyncio.run "
-        "cancels leftover tasks too). Fix: `lambda f, n=end - i: not f.cancelled() and f.exception() is None and "
-        "on_published(n)`."
-    ),
-)
 @pytest.mark.timeout(60)
 def test_cancelling_the_publisher_mid_batch_is_quiet(topology, test_images):
     import asyncio

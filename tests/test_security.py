@@ -174,19 +174,6 @@ def test_decompression_bombs_and_absurd_attributes_get_error_results(topology, s
         assert again.wait_for(["after-0"], timeout=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "broker/wire.py check_request tests seq/sent_ns with str.isdigit(), which accepts Unicode digits such as "
-        "'²' that int() rejects, so a ValueError escapes instead of WireError (serve.py's _salvage_fields has the "
-        "same isdigit()+int()). server/serve.py then nacks the whole batch (handle_batch catches only WireError "
-        "per message); after max_delivery_attempts the request and its batch-mates are dead-lettered, and on the "
-        "emulator an ordered subscription stops serving pulls at that point (its dead-letter bug), so the server "
-        "exits after broker_give_up_s. Fix: `text.isascii() and text.isdigit()` in check_request and "
-        "_salvage_fields; and in handle_batch turn any unexpected per-message exception into an error result "
-        "(e.g. reason 'bad_request') instead of failing the batch."
-    ),
-)
 def test_unicode_digits_in_attributes_get_an_error_not_an_exception():
     from server.serve import InferenceServer
 
@@ -217,31 +204,12 @@ except MemoryError:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "train/data.py load_image letterboxes onto a max(w, h) square before resizing: a 274-byte PNG of 1 x 100,000 "
-        "pixels passes the pixel-count bomb check but asks for a 10 GB canvas (MemoryError under a 3 GB "
-        "address-space limit; without one it can exhaust the machine). Fix: refuse images whose longer side "
-        "exceeds wire.MAX_DIM (4096) or whose max(w, h)**2 exceeds MAX_IMAGE_PIXELS, right after Image.open "
-        "(before load), with DatasetError; serve.py then answers undecodable_image."
-    ),
-)
 @pytest.mark.timeout(60)
 def test_extreme_aspect_ratio_png_is_refused_before_it_is_decoded():
     proc = subprocess.run([sys.executable, "-c", _ASPECT_BOMB], cwd=REPO, capture_output=True, text=True, timeout=50)
     assert proc.stdout.startswith("refused"), proc.stdout + proc.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "train/data.py load_image opens whatever Pillow recognises (TIFF, BMP, GIF, WebP, ICO, ... and EPS, which "
-        "runs Ghostscript when installed) although the wire contract only admits PNG and JPEG: every extra decoder "
-        "is attack surface. Fix: Image.open(source, formats=('PNG', 'JPEG')) in load_image (its folder loader only "
-        "reads .png/.jpg/.jpeg anyway); serve.py then answers undecodable_image."
-    ),
-)
 def test_only_png_and_jpeg_payloads_are_decoded():
     from train.data import DatasetError, load_image
 

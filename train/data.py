@@ -221,6 +221,7 @@ def take(ds: Dataset, limit: int | None) -> Dataset:
 # ------------------------------------------------------------- image folders
 # Decoding is bounded: larger pictures are refused as decompression bombs.
 MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_SIDE = 4096
 
 
 def load_image(path: str | os.PathLike | bytes, shape: tuple[int, int, int]) -> np.ndarray:
@@ -244,7 +245,9 @@ def load_image(path: str | os.PathLike | bytes, shape: tuple[int, int, int]) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
+            with Image.open(source, formats=("PNG", "JPEG")) as img:
+                if max(img.size) > MAX_IMAGE_SIDE:  # checked before decoding: an aspect-ratio bomb
+                    raise ValueError(f"{img.size[0]}x{img.size[1]} pixels; the longer side may be {MAX_IMAGE_SIDE}")
                 img.load()
                 img = img.convert("L" if channels == 1 else "RGB")
     except (
