@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
         dict(
             max_batch_size=256,
             max_wait_ms=4.0,
-            buckets=(8, 32, 64, 128, 256),
+            # Padded batch sizes, all compiled at start. No 16 or 32: XLA on this CPU runs those
+            # 3-4x slower per image than 12, 20 or 28 (docs/benchmarks.md).
+            buckets=(4, 8, 12, 20, 28, 40, 64, 96, 128, 256),
             pull_max_messages=1000,
             pull_threads=2,
             max_outstanding=4096,  # flow control: messages pulled but not yet acked

@@ -42,7 +42,7 @@ class ServerSettings:
 
     max_batch_size: int = 256
     max_wait_ms: float = 4.0
-    buckets: tuple[int, ...] = (8, 32, 64, 128, 256)
+    buckets: tuple[int, ...] = (4, 8, 12, 20, 28, 40, 64, 96, 128, 256)
     pull_max_messages: int = 1000
     pull_threads: int = 2
     max_outstanding: int = 4096
@@ -66,10 +66,23 @@ class Pending:
     pulled: float  # time.monotonic() when pulled
 
 
+def enable_compilation_cache(path: str | None = None) -> None:
+    """Persist XLA executables across starts, so warm-up is a cache read after the first start."""
+    import jax
+
+    path = (
+        path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser("~/.cache/imageclassifiercloud/jax")
+    )
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 class Model:
     """The jitted model over a split (graphdef, state), padded to fixed bucket sizes."""
 
     def __init__(self, model_dir, buckets: Sequence[int]):
+        enable_compilation_cache()
         model, meta = load_model(model_dir)
         self.predict, self.state = make_predict_fn(model)
         self.meta = meta
