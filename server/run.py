@@ -131,7 +131,7 @@ def run_one(config, topo: Topology, args, holder: dict) -> int:
     def ready(srv: InferenceServer) -> None:
         print(
             f"server ready: model {srv.model.identity} buckets {list(srv.model.buckets)} "
-            f"subscription {topo.requests_subscription_path} pid {os.getpid()}",
+            f"subscription {topo.requests_subscription_path} pid {os.getpid()}{broker_hint()}",
             flush=True,
         )
 
@@ -168,6 +168,12 @@ def _die_with_parent() -> None:
     """Runs in a replica before exec: SIGTERM (a graceful drain) when the parent dies, even by SIGKILL."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def broker_hint() -> str:
+    """Where clients should publish: the emulator this process uses, if any."""
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    return f" (broker: export PUBSUB_EMULATOR_HOST={host})" if host else ""
 
 
 def run_replicas(n: int, holder: dict, metrics_port: int = 0) -> int:
