@@ -84,6 +84,13 @@ class Topology:
     def dead_letter_subscription_path(self) -> str:
         return self.subscription(self.dead_letter_subscription)
 
+    @classmethod
+    def from_names(cls, project: str, names: Mapping, suffix: str = "") -> Topology:
+        """From a mapping of field names (e.g. the `broker` section of configs/stream.py)."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"project"}
+        topo = cls(project=project, **{k: v for k, v in dict(names).items() if k in fields})
+        return topo.with_suffix(suffix) if suffix else topo
+
     def with_suffix(self, suffix: str) -> Topology:
         """The same topology with every topic/subscription name suffixed (fresh names per run or test)."""
         names = {

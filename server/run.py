@@ -28,19 +28,7 @@ class Interrupted(Exception):
 
 
 def topology_from(config, project: str, suffix: str = "") -> Topology:
-    b = config.broker
-    topo = Topology(
-        project=project,
-        requests_topic=b.requests_topic,
-        results_topic=b.results_topic,
-        dead_letter_topic=b.dead_letter_topic,
-        requests_subscription=b.requests_subscription,
-        results_subscription=b.results_subscription,
-        dead_letter_subscription=b.dead_letter_subscription,
-        max_delivery_attempts=b.max_delivery_attempts,
-        ack_deadline_s=b.ack_deadline_s,
-    )
-    return topo.with_suffix(suffix) if suffix else topo
+    return Topology.from_names(project, config.broker, suffix)
 
 
 def settings_from(config) -> ServerSettings:

@@ -49,19 +49,7 @@ class RunError(Exception):
 
 
 def topology_from(config, project: str, suffix: str = "") -> Topology:
-    b = config.broker
-    topo = Topology(
-        project=project,
-        requests_topic=b.requests_topic,
-        results_topic=b.results_topic,
-        dead_letter_topic=b.dead_letter_topic,
-        requests_subscription=b.requests_subscription,
-        results_subscription=b.results_subscription,
-        dead_letter_subscription=b.dead_letter_subscription,
-        max_delivery_attempts=b.max_delivery_attempts,
-        ack_deadline_s=b.ack_deadline_s,
-    )
-    return topo.with_suffix(suffix) if suffix else topo
+    return Topology.from_names(project, config.broker, suffix)
 
 
 # --------------------------------------------------------------- server child
@@ -368,16 +356,23 @@ def _versions() -> dict:
 
 
 def verify_offline(summary: dict, model_dir) -> dict:
-    """Compare every streamed prediction with the offline evaluation of the same checkpoint."""
-    from train.evaluate import evaluate_model
+    """Compare every streamed prediction with an offline pass over the same checkpoint.
 
-    report = evaluate_model(model_dir, summary["run"]["limit"])
-    offline = report["predictions"]
+    The offline pass is `python -m train.evaluate`'s: same loader, same jitted
+    function, same batch size (train.model.predict_in_batches), no broker.
+    """
+    from train.checkpoint import load_model
+    from train.model import make_predict_fn, predict_in_batches
+
+    model, meta = load_model(model_dir)
+    predict, state = make_predict_fn(model)
+    test = load_fashion_mnist("test", summary["run"]["limit"])
+    offline = predict_in_batches(predict, state, test.images, meta.get("eval_batch_size", 1000)).argmax(-1)
     streamed = {p["index"]: p["prediction"] for p in summary["predictions"]}
     mismatches = [i for i, pred in streamed.items() if offline[i] != pred]
     return {
-        "model": report["model_digest"][:16],
-        "offline_accuracy": report["accuracy"],
+        "model": meta["checkpoint_sha256"][:16],
+        "offline_accuracy": float((offline == test.labels).mean()),
         "compared": len(streamed),
         "agree": len(streamed) - len(mismatches),
         "mismatches": mismatches[:100],

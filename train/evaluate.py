@@ -15,19 +15,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from flax import nnx
 
 from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_model
 from train.data import DatasetError, load_fashion_mnist, take
-from train.train import accuracy_report, make_eval_step, predict_dataset
+from train.model import make_predict_fn, predict_in_batches
+from train.train import accuracy_report
 
 
 def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None = None) -> dict:
     """Accuracy, per-class accuracy and per-image predictions of the model on the test split."""
     model, meta = load_model(model_dir)
     test = take(load_fashion_mnist("test"), limit)
-    eval_step = make_eval_step(model)
-    probs = predict_dataset(eval_step, nnx.state(model), test.images, meta.get("eval_batch_size", 1000))
+    predict, state = make_predict_fn(model)
+    probs = predict_in_batches(predict, state, test.images, meta.get("eval_batch_size", 1000))
     report = accuracy_report(probs, test.labels, meta["class_names"])
     report.update(
         predictions=probs.argmax(-1),

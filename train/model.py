@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 # Fashion-MNIST training-set pixel statistics (on the 0..1 scale).
@@ -94,3 +95,18 @@ def make_predict_fn(model: CNN) -> tuple[Callable[[nnx.State, jax.Array], jax.Ar
         return jax.nn.softmax(nnx.merge(graphdef, state)(images), axis=-1)
 
     return predict, state
+
+
+def predict_in_batches(predict, state: nnx.State, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Probabilities for all images in fixed-size batches (the last one zero-padded).
+
+    Training's final evaluation, `python -m train.evaluate` and the streamer's offline
+    check all go through here with the same batch size, so they agree bit for bit.
+    """
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        padded = np.zeros((batch_size, *chunk.shape[1:]), chunk.dtype)
+        padded[: len(chunk)] = chunk
+        out.append(np.asarray(predict(state, padded))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

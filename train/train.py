@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from train import data as data_lib
 from train.checkpoint import save_model
-from train.model import CNN, build_model, count_params
+from train.model import CNN, build_model, count_params, predict_in_batches
 
 
 # ----------------------------------------------------------------- data
@@ -98,17 +98,6 @@ def make_eval_step(model: CNN):
     return eval_step
 
 
-def predict_dataset(eval_step, state, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities for all images, padding the last batch so shapes stay fixed."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        padded = np.zeros((batch_size, *chunk.shape[1:]), chunk.dtype)
-        padded[: len(chunk)] = chunk
-        out.append(np.asarray(eval_step(state, padded))[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
 def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names) -> dict:
     preds = probs.argmax(-1)
     per_class = {
@@ -157,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if step % 20 == 0 or step == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{float(np.mean(losses[-20:])):.4f}", acc=f"{float(np.mean(accs[-20:])):.4f}")
         model.eval()
-        probs = predict_dataset(eval_step, nnx.state(model), test_ds.images, config.eval_batch_size)
+        probs = predict_in_batches(eval_step, nnx.state(model), test_ds.images, config.eval_batch_size)
         report = accuracy_report(probs, test_ds.labels, test_ds.class_names)
         history.append(
             {
