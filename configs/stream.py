@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
             max_wait_ms=4.0,
             # Padded batch sizes, all compiled at start. No 16 or 32: XLA on this CPU runs those
             # 3-4x slower per image than 12, 20 or 28 (docs/benchmarks.md).
-            buckets=(4, 8, 12, 20, 28, 40, 64, 96, 128, 256),
+            buckets=(4, 8, 12, 20, 28, 40, 64, 100, 128, 256),
             pull_max_messages=1000,
             pull_threads=2,
             max_outstanding=4096,  # flow control: messages pulled but not yet acked

@@ -42,7 +42,7 @@ class ServerSettings:
 
     max_batch_size: int = 256
     max_wait_ms: float = 4.0
-    buckets: tuple[int, ...] = (4, 8, 12, 20, 28, 40, 64, 96, 128, 256)
+    buckets: tuple[int, ...] = (4, 8, 12, 20, 28, 40, 64, 100, 128, 256)
     pull_max_messages: int = 1000
     pull_threads: int = 2
     max_outstanding: int = 4096
