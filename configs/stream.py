@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
             # 3-4x slower per image than 12, 20 or 28 (docs/benchmarks.md).
             buckets=(4, 8, 12, 20, 28, 40, 64, 100, 128, 256),
             pull_max_messages=1000,
-            pull_threads=2,
+            pull_threads=1,
             max_outstanding=4096,  # flow control: messages pulled but not yet acked
             top_k=3,
             publish_max_messages=200,

@@ -44,7 +44,7 @@ class ServerSettings:
     max_wait_ms: float = 4.0
     buckets: tuple[int, ...] = (4, 8, 12, 20, 28, 40, 64, 100, 128, 256)
     pull_max_messages: int = 1000
-    pull_threads: int = 2
+    pull_threads: int = 1
     max_outstanding: int = 4096
     top_k: int = 3
     publish_max_messages: int = 200
