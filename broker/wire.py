@@ -102,15 +102,15 @@ def check_request(data: bytes, attributes: Mapping[str, str]) -> tuple[str, str,
     content_type = attributes.get("content_type", "")
     if content_type not in CONTENT_TYPES:
         raise WireError("unsupported_content_type", repr(content_type[:40]))
-    seq_text, sent_text = attributes.get("seq", "0"), attributes.get("sent_ns", "0")
-    if not _is_uint(seq_text) or not _is_uint(sent_text):
+    seq, sent_ns = parse_uint(attributes.get("seq", "0")), parse_uint(attributes.get("sent_ns", "0"))
+    if seq is None or sent_ns is None:
         raise WireError("bad_attribute", "seq and sent_ns must be non-negative integers")
-    return request_id, content_type, int(seq_text), int(sent_text)
+    return request_id, content_type, seq, sent_ns
 
 
-def _is_uint(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
-    return text.isascii() and text.isdigit() and len(text) <= 20
+def parse_uint(text: str) -> int | None:
+    """A non-negative decimal integer, or None. ASCII only: str.isdigit() accepts '²', int() does not."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
 
 
 def check_raw_length(data: bytes, attributes: Mapping[str, str], expected_shape: Sequence[int]) -> None:

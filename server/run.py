@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -13,6 +12,7 @@ import sys
 import threading
 import time
 
+from broker.emulator import die_with_parent
 from broker.errors import BrokerError
 from broker.pubsub import Topology, broker_session, ensure_topology
 from configs import load_config
@@ -152,12 +152,6 @@ def exit_if_shutdown_hangs(server: InferenceServer, grace: float) -> None:
     os._exit(1)
 
 
-def _die_with_parent() -> None:
-    """Runs in a replica before exec: SIGTERM (a graceful drain) when the parent dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def broker_hint() -> str:
     """Where clients should publish: the emulator this process uses, if any."""
     host = os.environ.get("PUBSUB_EMULATOR_HOST")
@@ -175,7 +169,7 @@ def run_replicas(n: int, holder: dict, metrics_port: int = 0) -> int:
         cmd = [sys.executable, "-m", "server", *argv, "--replicas", "1"]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port + i)]
-        children.append(subprocess.Popen(cmd, env=os.environ.copy(), preexec_fn=_die_with_parent))
+        children.append(subprocess.Popen(cmd, env=os.environ.copy(), preexec_fn=die_with_parent))
     holder["children"] = children
     log.info(
         "started %d replicas: pids %s%s",

@@ -367,12 +367,11 @@ class InferenceServer:
     @staticmethod
     def _salvage_fields(attributes) -> tuple:
         """Best-effort request id / seq / sent_ns for an error result about a bad message."""
-        seq, sent = attributes.get("seq", ""), attributes.get("sent_ns", "")
         request_id = attributes.get("request_id") or None
         return (
             request_id[: wire.MAX_ID_CHARS] if request_id else None,
-            int(seq) if seq.isascii() and seq.isdigit() else None,
-            int(sent) if sent.isascii() and sent.isdigit() else None,
+            wire.parse_uint(attributes.get("seq", "")),
+            wire.parse_uint(attributes.get("sent_ns", "")),
         )
 
     # ---------------------------------------------------------- lifecycle

@@ -61,8 +61,8 @@ class Collector:
         prefix = f"{self.run_id}-"
         if not request_id or not request_id.startswith(prefix):
             return None
-        tail = request_id[len(prefix) :]
-        return int(tail) if tail.isdigit() and int(tail) < len(self.labels) else None
+        index = wire.parse_uint(request_id[len(prefix) :])
+        return index if index is not None and index < len(self.labels) else None
 
     def add_message(self, data: bytes, received_s: float | None = None) -> int:
         """Record one result message; returns how many new requests it answered."""

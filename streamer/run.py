@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import datetime
 import json
 import logging
@@ -23,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from broker import wire
+from broker.emulator import die_with_parent
 from broker.errors import BrokerError
 from broker.pubsub import (
     Publisher,
@@ -53,11 +53,6 @@ def topology_from(config, project: str, suffix: str = "") -> Topology:
 
 
 # --------------------------------------------------------------- server child
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class ManagedServer:
     """The `python -m server` child of a run: its process and the file its log goes to."""
 
@@ -94,7 +89,7 @@ def managed_server(args, replicas: int, ready_timeout: float = 180.0) -> Iterato
             text=True,
             cwd=REPO,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     try:
         wait_ready(proc, replicas, ready_timeout, log_path)
