@@ -17,43 +17,41 @@ import time
 
 import numpy as np
 
-from broker import wire
+from broker import process, wire
 from broker.pubsub import Publisher, PublishSettings, Subscription, Topology, broker_session, ensure_topology
-from train.checkpoint import DEFAULT_MODEL_DIR, load_model
-from train.model import make_predict_fn
+from configs import load_config
+from train.checkpoint import DEFAULT_MODEL_DIR
+from train.predictor import load_predictor
 
 
 def serve(topo: Topology, model_dir) -> None:
-    model, meta = load_model(model_dir)
-    predict, state = make_predict_fn(model)
+    predictor = load_predictor(model_dir)
+    meta = predictor.meta
     shape, names, identity = tuple(meta["input_shape"]), meta["class_names"], meta["checkpoint_sha256"][:16]
-    predict(state, np.zeros((1, *shape), np.uint8)).block_until_ready()
+    predictor(np.zeros((1, *shape), np.uint8))
     publisher = Publisher(topo.results_topic_path, PublishSettings(max_messages=1, max_latency_s=0.0))
 
     def handle(message) -> None:
         attrs = message.attributes
         started = time.monotonic()
         try:
-            request_id, _, seq, sent_ns = wire.check_request(message.data, attrs)
+            request = wire.check_request(message.data, attrs, message.ordering_key)
             wire.check_raw_length(message.data, attrs, shape)
-            probs = np.asarray(predict(state, np.frombuffer(message.data, np.uint8).reshape(1, *shape)))[0]
+            probs = predictor(np.frombuffer(message.data, np.uint8).reshape(1, *shape))[0]
             label = int(probs.argmax())
-            timing = {"queue_ms": 0.0, "compute_ms": (time.monotonic() - started) * 1000, "batch_size": 1}
-            result = wire.prediction(
-                request_id,
-                attrs.get("stream", ""),
-                seq,
-                sent_ns,
-                label,
-                names[label],
-                float(probs[label]),
-                [[label, float(probs[label])]],
-                timing,
+            result = wire.Prediction(
+                request_id=request.request_id,
+                stream=request.stream,
+                seq=request.seq,
+                sent_ns=request.sent_ns,
+                label=label,
+                class_name=names[label],
+                confidence=float(probs[label]),
+                top_k=[[label, float(probs[label])]],
+                timing={"queue_ms": 0.0, "compute_ms": (time.monotonic() - started) * 1000, "batch_size": 1},
             )
         except wire.WireError as err:
-            result = wire.error(
-                attrs.get("request_id"), attrs.get("stream", ""), None, None, err.reason, err.detail, message.message_id
-            )
+            result = wire.error_result(attrs, message.ordering_key, err, message.message_id)
         data, attributes = wire.encode_results([result], identity, f"naive:{os.getpid()}")
         publisher.publish(data, attrs.get("stream", ""), **attributes).result()
         message.ack()
@@ -62,7 +60,7 @@ def serve(topo: Topology, model_dir) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"server ready: naive model {identity} pid {os.getpid()}", flush=True)
+    print(process.ready_line(f"naive {identity}", [1], topo.requests_subscription_path, os.getpid(), None), flush=True)
     stop.wait()
     subscription.close()
     publisher.close()
@@ -74,8 +72,7 @@ def main() -> int:
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     args = parser.parse_args()
     with broker_session() as project:
-        topo = Topology(project)
-        topo = topo.with_suffix(args.topic_suffix) if args.topic_suffix else topo
+        topo = Topology.from_names(project, load_config(None, "stream.py").broker, args.topic_suffix)
         ensure_topology(topo)
         serve(topo, args.model)
     return 0

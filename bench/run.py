@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from broker import wire
+from broker import process, wire
 from broker.emulator import Emulator, free_port
 from broker.pubsub import EMULATOR_PROJECT, Publisher, PublishSettings, Topology, ensure_topology
 from configs import load_config
-from train.checkpoint import DEFAULT_MODEL_DIR, load_model
+from train.checkpoint import DEFAULT_MODEL_DIR
 from train.data import load_fashion_mnist
-from train.model import make_predict_fn
+from train.predictor import load_predictor
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKETS = (1, 4, 8, 12, 16, 20, 28, 32, 40, 64, 96, 128, 256)  # model-only sizes; 16 and 32 show XLA's slow path
@@ -54,28 +53,26 @@ TARGETS = {
 
 
 # ------------------------------------------------------------ processes
+MODULES = {"naive": "bench.naive_server", "server": "server", "echo": "bench.server"}
+
+
 class Server:
     """A server subprocess (real, echo or naive) on its own topic suffix."""
 
     def __init__(self, kind: str, suffix: str, replicas: int = 1, extra: tuple[str, ...] = ()):
-        module = "bench.naive_server" if kind == "naive" else "server"
-        cmd = [sys.executable, "-m", module, "--topic-suffix", suffix, "--model", str(MODEL_DIR), *extra]
+        cmd = [sys.executable, "-m", MODULES[kind], "--topic-suffix", suffix, "--model", str(MODEL_DIR), *extra]
         if kind != "naive":
             cmd += ["--replicas", str(replicas)] + (["--echo"] if kind == "echo" else [])
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{kind}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
-        )
-        self.pids: list[int] = []
-        deadline = time.monotonic() + 180
-        while len(self.pids) < replicas:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{kind} server died at start; log {self.log.name}")
-            if line.startswith("server ready"):
-                self.pids.append(int(re.search(r"pid (\d+)", line).group(1)))
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} server not ready in time; log {self.log.name}")
+        fd, log_path = tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")
+        os.close(fd)
+        self.proc = process.start(cmd, REPO, log_path)
+        ready = process.ReadyWatcher(self.proc, log_path)
+        try:
+            ready.wait(replicas, timeout=180)
+        except process.ProcessError as err:
+            process.stop_group(self.proc)
+            raise RuntimeError(f"{kind} server: {err}") from None
+        self.pids = ready.pids
 
     def cpu_s(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids)
@@ -84,15 +81,7 @@ class Server:
         return max(peak_rss_mb(pid) for pid in self.pids)
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        self.proc.stdout.close()
-        self.log.close()
+        process.stop_group(self.proc)
 
 
 @contextlib.contextmanager
@@ -174,6 +163,10 @@ def stream(
     return report
 
 
+def topology(suffix: str) -> Topology:
+    return Topology.from_names(EMULATOR_PROJECT, load_config(None, "stream.py").broker, suffix)
+
+
 def spread(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "runs": values}
 
@@ -184,15 +177,14 @@ def fresh() -> str:
 
 # ------------------------------------------------------------ scenarios
 def bench_model(model_dir) -> dict:
-    model, _ = load_model(model_dir)
-    predict, state = make_predict_fn(model)
+    predictor = load_predictor(model_dir)
     out = {}
     for size in BUCKETS:
         x = np.zeros((size, 28, 28, 1), np.uint8)
-        predict(state, x).block_until_ready()
+        predictor(x)
         n, started = 0, time.perf_counter()
         while time.perf_counter() - started < 1.0:
-            predict(state, x).block_until_ready()
+            predictor(x)
             n += size
         out[str(size)] = n / (time.perf_counter() - started)
     return out
@@ -204,7 +196,7 @@ def throughput_runs(
     runs, cpu, rss, correct = [], [], [], []
     for _ in range(repeats):
         suffix = fresh()
-        ensure_topology(Topology(EMULATOR_PROJECT).with_suffix(suffix))
+        ensure_topology(topology(suffix))
         with server(kind, suffix, replicas, extra) as srv:
             report = stream(suffix, n, 0, emulator_pid=emulator.process.pid, server_obj=srv)
             rss.append(srv.peak_rss_mb())
@@ -220,7 +212,7 @@ def latency_run(kind: str, n: int, rate: float, repeats: int = 1, verify: bool =
     A single run's p99 rests on a few dozen samples and moves by tens of ms from run to run.
     """
     suffix = fresh()
-    ensure_topology(Topology(EMULATOR_PROJECT).with_suffix(suffix))
+    ensure_topology(topology(suffix))
     with server(kind, suffix):
         reports = [stream(suffix, n, rate, verify=verify and i == 0) for i in range(repeats)]
     keys = ("p50", "p90", "p95", "p99", "max", "mean")
@@ -242,7 +234,7 @@ def latency_run(kind: str, n: int, rate: float, repeats: int = 1, verify: bool =
 
 def rate_sweep(rates: list[float], seconds: float) -> list[dict]:
     suffix = fresh()
-    ensure_topology(Topology(EMULATOR_PROJECT).with_suffix(suffix))
+    ensure_topology(topology(suffix))
     points = []
     with server("server", suffix):
         for rate in rates:
@@ -263,7 +255,7 @@ def drain_runs(n: int, repeats: int, images: np.ndarray) -> dict:
     runs = []
     for _ in range(repeats):
         suffix = fresh()
-        topo = Topology(EMULATOR_PROJECT).with_suffix(suffix)
+        topo = topology(suffix)
         ensure_topology(topo)
         publisher = Publisher(topo.requests_topic_path, PublishSettings(max_messages=500, max_latency_s=0.01))
         futures = []
@@ -583,9 +575,7 @@ def main(args) -> int:
             }
         if "ungrouped" in only:
             step("echo floor, one result message per request")
-            r["echo_ungrouped"] = {
-                "throughput": throughput_runs("echo", n_full, 1, emulator, extra=("--no-group-results",))
-            }
+            r["echo_ungrouped"] = {"throughput": throughput_runs("echo", n_full, 1, emulator, extra=("--ungrouped",))}
         if "naive" in only:
             step("naive baseline")
             r["naive"] = {"throughput": throughput_runs("naive", 3000 if not quick else 1000, repeats, emulator)}

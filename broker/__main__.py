@@ -4,6 +4,7 @@ check      exit 0 if Google's Pub/Sub emulator (and Java) can be started here, e
 emulator   run an emulator in the foreground (Ctrl-C stops it and its Java process).
 """
 
+import argparse
 import signal
 import sys
 import threading
@@ -12,27 +13,26 @@ from broker.emulator import Emulator, find_launcher
 from broker.errors import BrokerError
 
 
-def main(argv: list[str]) -> int:
-    command = argv[0] if argv else "check"
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m broker", description="Google's Pub/Sub emulator, here.")
+    parser.add_argument("command", nargs="?", default="check", choices=("check", "emulator"))
+    parser.add_argument("--port", type=int, help="emulator port (default: a free one)")
+    args = parser.parse_args(argv)
     try:
-        if command == "check":
+        if args.command == "check":
             print(f"Pub/Sub emulator: {find_launcher()}")
             return 0
-        if command == "emulator":
-            port = int(argv[argv.index("--port") + 1]) if "--port" in argv else None
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            with Emulator(port=port) as emulator:
-                print(f"export PUBSUB_EMULATOR_HOST={emulator.host}", flush=True)
-                stop.wait()
-            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        with Emulator(port=args.port) as emulator:
+            print(f"export PUBSUB_EMULATOR_HOST={emulator.host}", flush=True)
+            stop.wait()
+        return 0
     except BrokerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(__doc__, file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

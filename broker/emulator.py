@@ -8,11 +8,8 @@ on purpose: ending that wrapper leaves the Java process behind.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,13 +17,13 @@ import time
 from pathlib import Path
 
 from broker.errors import BrokerError
+from broker.process import die_with_parent, stop_group
 
 INSTALL_HINT = (
     "Google's Pub/Sub emulator is not installed: run 'apt-get install google-cloud-cli-pubsub-emulator' "
     "(needs Java 17), or set PUBSUB_EMULATOR_HOST to a running emulator"
 )
 _LAUNCHER = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
-_PR_SET_PDEATHSIG = 1
 
 
 def find_launcher() -> Path:
@@ -58,12 +55,6 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class Emulator:
     """A running emulator on 127.0.0.1:<port>. Use as a context manager; stop() is idempotent."""
 
@@ -88,10 +79,10 @@ class Emulator:
             )
         deadline = time.monotonic() + self.start_timeout
         while not port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None:
+            if (code := self.process.poll()) is not None:
                 tail = Path(self.log_path).read_text(errors="replace")[-300:].strip().replace("\n", " | ")
                 self.stop()
-                raise BrokerError(f"the Pub/Sub emulator exited at start (code {self.process.returncode}): {tail}")
+                raise BrokerError(f"the Pub/Sub emulator exited at start (code {code}): {tail}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise BrokerError(f"the Pub/Sub emulator did not answer within {self.start_timeout:.0f}s")
@@ -101,19 +92,8 @@ class Emulator:
     def stop(self, timeout: float = 10.0) -> None:
         """End the emulator's whole process group: SIGTERM, then SIGKILL."""
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The group may outlive its leader briefly; make sure nothing in it survives.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_group(proc, timeout)
 
     def __enter__(self) -> Emulator:
         return self.start()

@@ -3,3 +3,8 @@
 
 class BrokerError(Exception):
     """The broker is missing, unreachable or misconfigured; the message says how to fix it."""
+
+
+class BrokerDenied(BrokerError):
+    """The broker answered but refuses this call for good (no permission, no such project or
+    subscription): retrying cannot help, so callers give up at once."""

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 
+import google.auth.exceptions
 import grpc
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
@@ -29,7 +30,7 @@ from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcT
 from google.pubsub_v1.types import DeadLetterPolicy, PublishRequest
 
 from broker.emulator import Emulator, port_open
-from broker.errors import BrokerError
+from broker.errors import BrokerDenied, BrokerError
 
 log = logging.getLogger(__name__)
 EMULATOR_PROJECT = "local-project"
@@ -42,17 +43,17 @@ _CALL_TIMEOUT = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    """Names of the topics and subscriptions one deployment uses."""
+    """Names of the topics and subscriptions one deployment uses; the values live in configs/stream.py (`broker`)."""
 
     project: str
-    requests_topic: str = "requests"
-    results_topic: str = "results"
-    dead_letter_topic: str = "requests-dead-letter"
-    requests_subscription: str = "requests-server"
-    results_subscription: str = "results-collector"
-    dead_letter_subscription: str = "requests-dead-letter-sub"
-    max_delivery_attempts: int = 5
-    ack_deadline_s: int = 60
+    requests_topic: str
+    results_topic: str
+    dead_letter_topic: str
+    requests_subscription: str
+    results_subscription: str
+    dead_letter_subscription: str
+    max_delivery_attempts: int
+    ack_deadline_s: int
 
     def topic(self, name: str) -> str:
         return f"projects/{self.project}/topics/{name}"
@@ -86,7 +87,7 @@ class Topology:
 
     @classmethod
     def from_names(cls, project: str, names: Mapping, suffix: str = "") -> Topology:
-        """From a mapping of field names (e.g. the `broker` section of configs/stream.py)."""
+        """From the `broker` section of configs/stream.py (other keys in it are ignored)."""
         fields = {f.name for f in dataclasses.fields(cls)} - {"project"}
         topo = cls(project=project, **{k: v for k, v in dict(names).items() if k in fields})
         return topo.with_suffix(suffix) if suffix else topo
@@ -138,7 +139,7 @@ def check_reachable(project: str, timeout: float = 15.0) -> None:
                 f"no Pub/Sub emulator answers at PUBSUB_EMULATOR_HOST={host}: start one "
                 "('gcloud beta emulators pubsub start') or unset the variable to let the tools start it"
             )
-    publisher = pubsub_v1.PublisherClient()
+    publisher = publisher_client(project)
     try:
         retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout)
         list(
@@ -148,6 +149,11 @@ def check_reachable(project: str, timeout: float = 15.0) -> None:
         )
     except gexc.PermissionDenied:
         return  # it answered; narrow runtime roles need not include pubsub.topics.list
+    except gexc.NotFound:
+        raise BrokerDenied(
+            f"project {project} was not found: check --project, and that the Pub/Sub API is enabled "
+            "('gcloud services enable pubsub.googleapis.com')"
+        ) from None
     except gexc.GoogleAPICallError as err:
         raise BrokerError(
             f"Pub/Sub at {host or 'pubsub.googleapis.com'} is unreachable for project {project}: {_short(err)}"
@@ -156,6 +162,29 @@ def check_reachable(project: str, timeout: float = 15.0) -> None:
         raise BrokerError(f"cannot talk to Pub/Sub for project {project}: {_short(err)}") from None
     finally:
         publisher.transport.close()
+
+
+CREDENTIALS_HINT = (
+    "run 'gcloud auth application-default login', or set GOOGLE_APPLICATION_CREDENTIALS to a "
+    "service-account key file (without --project the local emulator is used)"
+)
+
+
+def publisher_client(project: str = "", **options) -> pubsub_v1.PublisherClient:
+    """A PublisherClient, or BrokerError naming the fix when there are no credentials."""
+    try:
+        return pubsub_v1.PublisherClient(**options)
+    except google.auth.exceptions.DefaultCredentialsError as err:
+        raise BrokerError(f"no Google Cloud credentials for project {project or '?'}: {CREDENTIALS_HINT}") from err
+
+
+def _denied(err: gexc.GoogleAPICallError, what: str) -> BrokerError:
+    """PermissionDenied / NotFound on `what` (a path) as a BrokerDenied that says what to grant or create."""
+    if isinstance(err, gexc.PermissionDenied):
+        return BrokerDenied(
+            f"permission denied on {what}: grant the runtime account its Pub/Sub role (docs/deploy.md): {_short(err)}"
+        )
+    return BrokerDenied(f"{what} does not exist: create the topology (docs/deploy.md): {_short(err)}")
 
 
 def _short(err: Exception) -> str:
@@ -183,14 +212,7 @@ def ensure_topology(topo: Topology) -> None:
         for topic in (topo.requests_topic_path, topo.results_topic_path, topo.dead_letter_topic_path):
             create_topic(publisher, topic)
         create_subscription(
-            subscriber,
-            topo.requests_subscription_path,
-            topo.requests_topic_path,
-            enable_message_ordering=True,
-            ack_deadline_seconds=topo.ack_deadline_s,
-            dead_letter_policy=DeadLetterPolicy(
-                dead_letter_topic=topo.dead_letter_topic_path, max_delivery_attempts=topo.max_delivery_attempts
-            ),
+            subscriber, topo.requests_subscription_path, topo.requests_topic_path, **requests_subscription_options(topo)
         )
         create_subscription(
             subscriber,
@@ -205,6 +227,22 @@ def ensure_topology(topo: Topology) -> None:
     finally:
         publisher.transport.close()
         subscriber.close()
+
+
+def requests_subscription_options(topo: Topology, emulator: bool | None = None) -> dict:
+    """Ordered delivery and the ack deadline; on real Pub/Sub also the dead-letter policy.
+
+    The emulator gets no dead-letter policy: it cannot forward from an ordered subscription,
+    and once one message spends its attempts every later pull fails (NullPointerException in
+    the emulator, docs/reliability.md), which would brick the local rig.
+    """
+    emulator = bool(os.environ.get("PUBSUB_EMULATOR_HOST")) if emulator is None else emulator
+    options = {"enable_message_ordering": True, "ack_deadline_seconds": topo.ack_deadline_s}
+    if not emulator:
+        options["dead_letter_policy"] = DeadLetterPolicy(
+            dead_letter_topic=topo.dead_letter_topic_path, max_delivery_attempts=topo.max_delivery_attempts
+        )
+    return options
 
 
 def delete_topology(topo: Topology) -> None:
@@ -266,6 +304,8 @@ class Publisher:
         self._failed_keys: set[str] = set()
 
     def publish(self, data: bytes, ordering_key: str = "", **attributes: str) -> Future:
+        """Attributes travel as keyword arguments of python-pubsub's publish(), so names such as `topic`,
+        `retry` or `timeout` cannot be used here; BulkPublisher sends any attribute."""
         if ordering_key and ordering_key in self._failed_keys:
             self._resume(ordering_key)
         future = self.client.publish(self.topic_path, data, ordering_key=ordering_key, **attributes)
@@ -342,7 +382,6 @@ class Received:
     ack_id: str
     data: bytes
     attributes: Mapping[str, str]
-    delivery_attempt: int
     message_id: str
     ordering_key: str
 
@@ -381,6 +420,8 @@ class Puller:
                     response = self.client.pull(request=request, timeout=timeout, retry=None)
             except gexc.DeadlineExceeded:
                 return []
+            except (gexc.PermissionDenied, gexc.NotFound) as err:
+                raise _denied(err, self.subscription_path) from None
             except gexc.GoogleAPICallError as err:
                 raise BrokerError(f"pull from {self.subscription_path} failed: {_short(err)}") from None
             received = response._pb.received_messages  # raw protobuf: no proto-plus wrapping per message
@@ -391,7 +432,6 @@ class Puller:
                         m.ack_id,
                         m.message.data,
                         m.message.attributes,
-                        m.delivery_attempt,
                         m.message.message_id,
                         m.message.ordering_key,
                     )
@@ -457,7 +497,6 @@ class Subscription:
         self.client = pubsub_v1.SubscriberClient()
         flow = types.FlowControl(max_messages=max_messages, max_bytes=64 * 1024 * 1024)
         self.future = self.client.subscribe(subscription_path, callback=callback, flow_control=flow)
-        self.stopped = threading.Event()
 
     def error(self) -> BaseException | None:
         """The stream's fatal error, if it ended by itself."""

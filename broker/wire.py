@@ -16,6 +16,7 @@ Result   = Pub/Sub message, one per (server batch, stream)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
@@ -31,6 +32,23 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024  # checked before any decode
 MAX_ID_CHARS = 256
 MAX_STREAM_CHARS = 128  # Pub/Sub allows 1 KB ordering keys; we keep them short
 MAX_DIM = 4096
+
+
+# Every reason code a request's error result can carry (docs/wire.md lists what each means).
+REASONS = frozenset(
+    {
+        "unsupported_version",
+        "missing_attribute",
+        "bad_attribute",
+        "empty",
+        "oversized",
+        "unsupported_content_type",
+        "shape_mismatch",
+        "wrong_length",
+        "undecodable_image",
+        "internal_error",  # anything unforeseen; the server logs it with a traceback
+    }
+)
 
 
 class WireError(ValueError):
@@ -81,8 +99,25 @@ def parse_shape(text: str | None) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def check_request(data: bytes, attributes: Mapping[str, str]) -> tuple[str, str, int, int]:
-    """Validate everything but the pixels; return (request_id, content_type, seq, sent_ns).
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """A request that passed check_request: everything but the pixels is known to be valid."""
+
+    request_id: str
+    content_type: str
+    stream: str
+    seq: int
+    sent_ns: int
+
+
+def request_stream(attributes: Mapping[str, str], ordering_key: str = "") -> str:
+    """The request's stream (the `stream` attribute, else its ordering key); '' if absent or too long."""
+    stream = attributes.get("stream") or ordering_key or ""
+    return stream if len(stream) <= MAX_STREAM_CHARS else ""
+
+
+def check_request(data: bytes, attributes: Mapping[str, str], ordering_key: str = "") -> Request:
+    """Validate everything but the pixels; return the typed Request.
 
     Raises WireError with a reason code: unsupported_version, empty, oversized,
     missing_attribute, bad_attribute, unsupported_content_type. A missing `v`
@@ -104,13 +139,23 @@ def check_request(data: bytes, attributes: Mapping[str, str]) -> tuple[str, str,
         raise WireError("unsupported_content_type", repr(content_type[:40]))
     seq, sent_ns = parse_uint(attributes.get("seq", "0")), parse_uint(attributes.get("sent_ns", "0"))
     if seq is None or sent_ns is None:
-        raise WireError("bad_attribute", "seq and sent_ns must be non-negative integers")
-    return request_id, content_type, seq, sent_ns
+        raise WireError("bad_attribute", f"seq and sent_ns must be integers from 0 to {MAX_UINT}")
+    return Request(request_id, content_type, request_stream(attributes, ordering_key), seq, sent_ns)
+
+
+# Integers must fit a signed 64-bit integer: every JSON library (orjson, Java's, Go's) can hold them.
+MAX_UINT = 2**63 - 1
 
 
 def parse_uint(text: str) -> int | None:
-    """A non-negative decimal integer, or None. ASCII only: str.isdigit() accepts '²', int() does not."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+    """An integer from 0 to 2**63 - 1 in ASCII decimal digits, or None.
+
+    ASCII only: str.isdigit() accepts '²', int() does not. The length check keeps int() off huge strings.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    value = int(text)
+    return value if value <= MAX_UINT else None
 
 
 def check_raw_length(data: bytes, attributes: Mapping[str, str], expected_shape: Sequence[int]) -> None:
@@ -123,54 +168,134 @@ def check_raw_length(data: bytes, attributes: Mapping[str, str], expected_shape:
 
 
 # ------------------------------------------------------------------- results
-def prediction(
-    request_id: str,
-    stream: str,
-    seq: int,
-    sent_ns: int,
-    label: int,
-    class_name: str,
-    confidence: float,
-    top_k: list,
-    timing: dict,
-) -> dict:
-    return {
-        "request_id": request_id,
-        "stream": stream,
-        "seq": seq,
-        "sent_ns": sent_ns,
-        "label": label,
-        "class_name": class_name,
-        "confidence": confidence,
-        "top_k": top_k,
-        "timing": timing,
-    }
+@dataclasses.dataclass(slots=True)
+class Prediction:
+    """One request's answer: the label, its confidence, the top k and where the time went."""
+
+    request_id: str
+    stream: str
+    seq: int
+    sent_ns: int
+    label: int
+    class_name: str
+    confidence: float
+    top_k: list  # [[label, confidence], ...], best first
+    timing: dict  # queue_ms, compute_ms, batch_size
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
-def error(
-    request_id: str | None, stream: str, seq: int | None, sent_ns: int | None, reason: str, detail: str, message_id: str
-) -> dict:
-    return {
-        "request_id": request_id,
-        "stream": stream,
-        "seq": seq,
-        "sent_ns": sent_ns,
-        "error": reason,
-        "detail": detail[:300],
-        "message_id": message_id,
-    }
+MAX_DETAIL_CHARS = 300
 
 
-def encode_results(results: Sequence[dict], model: str, replica: str = "") -> tuple[bytes, dict[str, str]]:
-    body = {"v": int(WIRE_VERSION), "model": model, "replica": replica, "results": list(results)}
-    data = orjson.dumps(body)  # ~5x faster than json.dumps; same compact UTF-8 JSON
+@dataclasses.dataclass(slots=True)
+class ErrorResult:
+    """One request's failure: a stable reason code and a short detail. Fields it could not read are None."""
+
+    request_id: str | None
+    stream: str
+    seq: int | None
+    sent_ns: int | None
+    error: str
+    detail: str
+    message_id: str
+
+    def __post_init__(self):
+        self.detail = self.detail[:MAX_DETAIL_CHARS]
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def error_result(attributes: Mapping[str, str], ordering_key: str, err: WireError, message_id: str) -> ErrorResult:
+    """An error result for a request that failed, with whatever of its identity can be read safely."""
+    request_id = attributes.get("request_id") or None
+    return ErrorResult(
+        request_id=request_id[:MAX_ID_CHARS] if request_id else None,
+        stream=request_stream(attributes, ordering_key),
+        seq=parse_uint(attributes.get("seq", "")),
+        sent_ns=parse_uint(attributes.get("sent_ns", "")),
+        error=err.reason,
+        detail=err.detail,
+        message_id=message_id,
+    )
+
+
+def encode_results(
+    results: Sequence[Prediction | ErrorResult], model: str, replica: str = ""
+) -> tuple[bytes, dict[str, str]]:
+    """(data, attributes) of one result message carrying `results`.
+
+    A result that cannot be encoded becomes that request's `internal_error` result; it never
+    costs the other results of the message.
+    """
+    body = {"v": int(WIRE_VERSION), "model": model, "replica": replica, "results": [r.to_json() for r in results]}
+    try:
+        data = orjson.dumps(body)  # ~5x faster than json.dumps; same compact UTF-8 JSON
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+        body["results"] = [_encodable(r) for r in results]
+        data = orjson.dumps(body)
     return data, {"v": WIRE_VERSION, "count": str(len(results)), "model": model}
 
 
-def decode_results(data: bytes) -> tuple[str, list[dict]]:
-    """(model, results) from one result message; raises WireError if it is not one."""
+def _encodable(result: Prediction | ErrorResult) -> dict:
+    as_json = result.to_json()
+    try:
+        orjson.dumps(as_json)
+        return as_json
+    except (TypeError, ValueError) as err:
+        request_id = result.request_id if isinstance(result.request_id, str) else None
+        stream = result.stream if isinstance(result.stream, str) else ""
+        fallback = ErrorResult(request_id, stream, None, None, "internal_error", f"result not encodable: {err}", "")
+        try:
+            orjson.dumps(fallback.to_json())
+            return fallback.to_json()
+        except (TypeError, ValueError):  # not even its id encodes (a lone surrogate): nothing to route by
+            return ErrorResult(None, "", None, None, "internal_error", "result not encodable", "").to_json()
+
+
+def decode_results(data: bytes) -> tuple[str, list]:
+    """(model, results) from one result message; raises WireError('bad_result') if it is not one.
+
+    Each result still needs check_result: one bad result must not cost the others of its message.
+    """
     try:
         body = orjson.loads(data)
-        return str(body["model"]), list(body["results"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise WireError("bad_result", str(err)) from None
+    except ValueError as err:  # orjson.JSONDecodeError
+        raise WireError("bad_result", f"not JSON: {err}") from None
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("model"), str)
+        or not isinstance(body.get("results"), list)
+    ):
+        raise WireError("bad_result", "not a result message (want an object with a model string and a results list)")
+    return body["model"], body["results"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_result(result, num_classes: int) -> dict:
+    """One decoded result, checked against the contract; WireError('bad_result') says what is wrong."""
+    if not isinstance(result, dict):
+        raise WireError("bad_result", f"a result is a JSON object, not {type(result).__name__}")
+    if not isinstance(result.get("request_id"), str | None) or not isinstance(result.get("stream", ""), str):
+        raise WireError("bad_result", "request_id and stream must be strings")
+    for key in ("seq", "sent_ns"):
+        if result.get(key) is not None and not (_is_int(result[key]) and 0 <= result[key] <= MAX_UINT):
+            raise WireError("bad_result", f"{key} must be an integer from 0 to {MAX_UINT}")
+    if "error" in result:
+        if not isinstance(result["error"], str):
+            raise WireError("bad_result", "error must be a string")
+        return result
+    label, confidence = result.get("label"), result.get("confidence")
+    if not (_is_int(label) and 0 <= label < num_classes):
+        raise WireError("bad_result", f"label {str(label)[:20]} is not a class index below {num_classes}")
+    if not (isinstance(confidence, int | float) and 0.0 <= confidence <= 1.0):
+        raise WireError("bad_result", "confidence must be a number from 0 to 1")
+    timing = result.get("timing", {})
+    if not isinstance(timing, dict) or not all(isinstance(v, int | float) for v in timing.values()):
+        raise WireError("bad_result", "timing must map names to numbers")
+    return result

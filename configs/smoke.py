@@ -16,6 +16,7 @@ def get_config():
     config.num_epochs = 1
     config.batch_size = 32
     config.eval_batch_size = 250
+    config.validation_size = 0.1
     config.train_limit = 2048
     config.test_limit = 500
     return config

@@ -22,8 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
             requests_subscription="requests-server",
             results_subscription="results-collector",
             dead_letter_subscription="requests-dead-letter-sub",
-            max_delivery_attempts=5,
-            ack_deadline_s=30,
+            max_delivery_attempts=5,  # real Pub/Sub only: the emulator gets no dead-letter policy (docs/wire.md)
+            # Pub/Sub's minimum. A SIGKILLed replica's requests come back after it (docs/reliability.md);
+            # the server extends the lease of work held longer than a third of it.
+            ack_deadline_s=10,
         )
     )
 
@@ -42,9 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
             publish_max_latency_ms=2.0,
             drain_timeout_s=20.0,
             log_interval_s=10.0,
+            broker_give_up_s=15.0,  # consecutive pull failures before the server gives up
             metrics_port=0,  # 0 = no Prometheus endpoint
             replicas=1,
-            group_results=True,  # one result message per (batch, stream): see docs/benchmarks.md
         )
     )
 
@@ -53,7 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
             rate=200.0,  # images/s; 0 = as fast as possible
             streams=16,  # ordering keys: Pub/Sub holds a key's next messages until its earlier ones are acked
             limit=0,  # 0 = the whole test set
-            content_type="raw",  # raw | png
+            content_type="raw",  # raw | png (image folders: their original files)
+            dataset="fashion_mnist",  # fashion_mnist | idx:IMAGES,LABELS | folder:DIR (streamer/datasets.py)
         )
     )
 

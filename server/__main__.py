@@ -9,27 +9,33 @@ import sys
 from server.run import main
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Serve the classifier over Pub/Sub.")
+def make_parser(prog: str = "python -m server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Serve the classifier over Pub/Sub.")
     parser.add_argument("--config", help="config file (default configs/stream.py)")
+    # A dest that names a config key overrides that key (configs.from_args).
     parser.add_argument(
-        "--project", help="GCP project; default: the emulator (started if PUBSUB_EMULATOR_HOST is unset)"
+        "--project",
+        dest="broker.project",
+        help="GCP project; default: the emulator (started if PUBSUB_EMULATOR_HOST is unset)",
     )
-    parser.add_argument("--model", help="model directory (default: the shipped models/fashion-mnist)")
-    parser.add_argument("--replicas", type=int, help="run N server processes on the same subscription")
+    parser.add_argument("--model", dest="model_dir", help="model directory (default: the shipped models/fashion-mnist)")
+    parser.add_argument(
+        "--replicas", type=int, dest="server.replicas", help="run N server processes on the same subscription"
+    )
+    parser.add_argument(
+        "--subscription",
+        dest="broker.requests_subscription",
+        help="request subscription to serve (a second model gets its own, on the same topic)",
+    )
     parser.add_argument("--topic-suffix", default="", help="suffix every topic/subscription name (isolated runs)")
-    parser.add_argument("--max-batch-size", type=int)
-    parser.add_argument("--max-wait-ms", type=float)
-    parser.add_argument("--metrics-port", type=int, help="expose Prometheus metrics on this port")
+    parser.add_argument("--max-batch-size", type=int, dest="server.max_batch_size")
+    parser.add_argument("--max-wait-ms", type=float, dest="server.max_wait_ms")
     parser.add_argument(
-        "--no-group-results", action="store_true", help="one result message per request (for benchmarks)"
-    )
-    parser.add_argument(
-        "--echo", action="store_true", help="benchmark floor: same transport, constant result, no model"
+        "--metrics-port", type=int, dest="server.metrics_port", help="expose Prometheus metrics on this port"
     )
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    return parser
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(main(make_parser().parse_args()))

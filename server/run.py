@@ -11,14 +11,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
-from broker.emulator import die_with_parent
 from broker.errors import BrokerError
+from broker.process import die_with_parent, ready_line
 from broker.pubsub import Topology, broker_session, ensure_topology
-from configs import load_config
+from configs import from_args
 from server import metrics
-from server.serve import InferenceServer, ServerSettings
+from server.serve import BucketedModel, InferenceServer, ServerSettings, enable_compilation_cache
 from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
+from train.predictor import load_predictor
 
 log = logging.getLogger("server")
 
@@ -27,48 +29,20 @@ class Interrupted(Exception):
     """SIGTERM/SIGINT arrived before the server was serving."""
 
 
-def topology_from(config, project: str, suffix: str = "") -> Topology:
-    return Topology.from_names(project, config.broker, suffix)
+def load_model(config, settings: ServerSettings) -> BucketedModel:
+    """The model folder's predictor, padded to the settings' buckets."""
+    enable_compilation_cache()
+    return BucketedModel(load_predictor(config.model_dir or DEFAULT_MODEL_DIR), settings.buckets)
 
 
-def settings_from(config) -> ServerSettings:
-    s = config.server
-    return ServerSettings(
-        max_batch_size=s.max_batch_size,
-        max_wait_ms=s.max_wait_ms,
-        buckets=tuple(s.buckets),
-        pull_max_messages=s.pull_max_messages,
-        pull_threads=s.pull_threads,
-        max_outstanding=s.max_outstanding,
-        top_k=s.top_k,
-        publish_max_messages=s.publish_max_messages,
-        publish_max_latency_ms=s.publish_max_latency_ms,
-        drain_timeout_s=s.drain_timeout_s,
-        log_interval_s=s.log_interval_s,
-        ack_deadline_s=config.broker.ack_deadline_s,
-        group_results=s.group_results,
-    )
+def load_server(config, topo: Topology) -> InferenceServer:
+    """The real server: the configured model on this topology."""
+    settings = ServerSettings.from_config(config)
+    return InferenceServer(load_model(config, settings), topo, settings)
 
 
-def apply_overrides(config, args: argparse.Namespace):
-    for flag, key in (
-        ("max_batch_size", "max_batch_size"),
-        ("max_wait_ms", "max_wait_ms"),
-        ("metrics_port", "metrics_port"),
-        ("replicas", "replicas"),
-    ):
-        if getattr(args, flag, None) is not None:
-            config.server[key] = getattr(args, flag)
-    if getattr(args, "no_group_results", False):
-        config.server.group_results = False
-    if args.project:
-        config.broker.project = args.project
-    if args.model:
-        config.model_dir = args.model
-    return config
-
-
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
+    """Run a server (or --replicas of them); `make_server(config, topology)` builds each (bench/ swaps it)."""
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
@@ -76,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         force=True,
     )
     logging.getLogger("absl").setLevel(logging.WARNING)
-    config = apply_overrides(load_config(args.config, "stream.py"), args)
+    config = from_args(args, "stream.py")
     holder: dict = {}
 
     def on_signal(signum, _frame):
@@ -93,11 +67,11 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         with broker_session(config.broker.project or None) as project:
-            topo = topology_from(config, project, args.topic_suffix)
+            topo = Topology.from_names(project, config.broker, args.topic_suffix)
             ensure_topology(topo)
             if config.server.replicas > 1:
                 return run_replicas(config.server.replicas, holder, config.server.metrics_port)
-            return run_one(config, topo, args, holder)
+            return run_one(config, topo, holder, make_server)
     except (BrokerError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -105,9 +79,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
 
 
-def run_one(config, topo: Topology, args, holder: dict) -> int:
-    model_dir = config.model_dir or DEFAULT_MODEL_DIR
-    server = InferenceServer(model_dir, topo, settings_from(config), echo=args.echo)
+def run_one(config, topo: Topology, holder: dict, make_server: Callable) -> int:
+    server = make_server(config, topo)
     holder["server"] = server
     if config.server.metrics_port:
         try:
@@ -117,11 +90,9 @@ def run_one(config, topo: Topology, args, holder: dict) -> int:
             return 2
 
     def ready(srv: InferenceServer) -> None:
-        print(
-            f"server ready: model {srv.model.identity} buckets {list(srv.model.buckets)} "
-            f"subscription {topo.requests_subscription_path} pid {os.getpid()}{broker_hint()}",
-            flush=True,
-        )
+        host = os.environ.get("PUBSUB_EMULATOR_HOST")
+        print(ready_line(srv.model.identity, srv.model.buckets, topo.requests_subscription_path, os.getpid(), host))
+        sys.stdout.flush()
 
     grace = config.server.drain_timeout_s + SHUTDOWN_SLACK_S
     threading.Thread(target=exit_if_shutdown_hangs, args=(server, grace), name="shutdown-watch", daemon=True).start()
@@ -152,21 +123,17 @@ def exit_if_shutdown_hangs(server: InferenceServer, grace: float) -> None:
     os._exit(1)
 
 
-def broker_hint() -> str:
-    """Where clients should publish: the emulator this process uses, if any."""
-    host = os.environ.get("PUBSUB_EMULATOR_HOST")
-    return f" (broker: export PUBSUB_EMULATOR_HOST={host})" if host else ""
-
-
 def run_replicas(n: int, holder: dict, metrics_port: int = 0) -> int:
     """N independent server processes on one subscription; Pub/Sub balances between them.
 
     With a metrics port P, replica i serves its metrics on P + i (each process has its own counters).
     """
     argv = strip_flag(strip_flag(sys.argv[1:], "--replicas"), "--metrics-port")
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    module = spec.name if spec else "server"  # server, or bench's variant of it
     children = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "server", *argv, "--replicas", "1"]
+        cmd = [sys.executable, "-m", module, *argv, "--replicas", "1"]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port + i)]
         children.append(subprocess.Popen(cmd, env=os.environ.copy(), preexec_fn=die_with_parent))

@@ -1,13 +1,17 @@
-"""The inference server's hot path, top to bottom: pull → batch → decode → infer → publish → ack.
+"""The inference server's hot path, in pipeline order: pull → batch → decode → infer → publish → ack.
 
 Threads:
   pullers (N)  unary-pull up to `pull_max_messages` at a time into the batch queue,
                bounded by `max_outstanding` (flow control on pulled-but-unacked);
-  compute (1)  the dynamic batcher + jitted model; publishes one result message per
-               (batch, stream) with the stream as ordering key;
+  compute (1)  the dynamic batcher, decode and the jitted model; publishes one result
+               message per (batch, stream) with the stream as ordering key;
   acker   (1)  acks a request only after its result publish succeeded (nack on failure),
-               in batched acknowledge calls; also extends leases of slow work;
-  reporter(1)  a periodic throughput / batch-size / latency log line.
+               in batched acknowledge calls;
+  leases, reporter (1 each)  lease extension for slow work, a periodic log line.
+
+One request's failure (a bad attribute, an undecodable picture, a model error it causes,
+a result that cannot be encoded) becomes an error result for that request alone. A nack
+is left for what a retry can fix: a failed publish, or a shutdown before the work started.
 """
 
 from __future__ import annotations
@@ -20,50 +24,76 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import numpy as np
 
 from broker import wire
-from broker.errors import BrokerError
+from broker.errors import BrokerDenied, BrokerError
 from broker.pubsub import Publisher, PublishSettings, Puller, Received, Topology
 from server import metrics
-from train.checkpoint import load_metadata, load_model
 from train.data import DatasetError, load_image
-from train.model import make_predict_fn
+from train.model import top_k
+from train.predictor import Predictor
 
 log = logging.getLogger("server")
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    """Batching and flow-control knobs (see configs/stream.py, section `server`)."""
+    """Batching, flow-control and lifecycle knobs; the values live in configs/stream.py (`server`)."""
 
-    max_batch_size: int = 256
-    max_wait_ms: float = 4.0
-    buckets: tuple[int, ...] = (4, 8, 12, 20, 28, 40, 64, 100, 128, 256)
-    pull_max_messages: int = 1000
-    pull_threads: int = 1
-    max_outstanding: int = 4096
-    top_k: int = 3
-    publish_max_messages: int = 200
-    publish_max_latency_ms: float = 2.0
-    drain_timeout_s: float = 20.0
-    log_interval_s: float = 10.0
-    ack_deadline_s: int = 30
-    broker_give_up_s: float = 15.0  # consecutive pull failures before the server gives up
-    group_results: bool = True  # False: one result message per request (kept to measure the difference)
+    max_batch_size: int
+    max_wait_ms: float
+    buckets: tuple[int, ...]
+    pull_max_messages: int
+    pull_threads: int
+    max_outstanding: int
+    top_k: int
+    publish_max_messages: int
+    publish_max_latency_ms: float
+    drain_timeout_s: float
+    log_interval_s: float
+    broker_give_up_s: float
+    ack_deadline_s: int
+
+    @classmethod
+    def from_config(cls, config) -> ServerSettings:
+        """From configs/stream.py: its `server` section plus the broker's ack deadline."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in config.server.to_dict().items() if k in names}
+        return cls(**values, ack_deadline_s=config.broker.ack_deadline_s)
 
     def __post_init__(self):
         buckets = tuple(sorted(set(self.buckets) | {self.max_batch_size}))
         object.__setattr__(self, "buckets", tuple(b for b in buckets if b <= self.max_batch_size))
 
 
-@dataclasses.dataclass(slots=True)
-class Pending:
-    msg: Received
-    pulled: float  # time.monotonic() when pulled
+class BucketedModel:
+    """A Predictor padded to fixed batch sizes, every one compiled at start."""
+
+    def __init__(self, predictor: Predictor, buckets: Sequence[int]):
+        self.predictor = predictor
+        self.meta = predictor.meta
+        self.identity = predictor.meta["checkpoint_sha256"][:16]
+        self.input_shape = tuple(predictor.meta["input_shape"])
+        self.class_names = list(predictor.meta["class_names"])
+        self.buckets = tuple(buckets)
+
+    def warm_up(self) -> float:
+        """Compile every bucket now, so nothing compiles under load; returns seconds taken."""
+        started = time.perf_counter()
+        for size in self.buckets:
+            self.predictor(np.zeros((size, *self.input_shape), np.uint8))
+        return time.perf_counter() - started
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        bucket = next(b for b in self.buckets if b >= n)
+        if bucket != n:
+            images = np.concatenate([images, np.zeros((bucket - n, *self.input_shape), np.uint8)])
+        return self.predictor(images)[:n]
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
@@ -78,123 +108,17 @@ def enable_compilation_cache(path: str | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-class Model:
-    """The jitted model over a split (graphdef, state), padded to fixed bucket sizes."""
-
-    def __init__(self, model_dir, buckets: Sequence[int]):
-        enable_compilation_cache()
-        model, meta = load_model(model_dir)
-        self.predict, self.state = make_predict_fn(model)
-        self.meta = meta
-        self.identity = meta["checkpoint_sha256"][:16]
-        self.input_shape = tuple(meta["input_shape"])
-        self.class_names = list(meta["class_names"])
-        self.buckets = tuple(buckets)
-
-    def warm_up(self) -> float:
-        """Compile every bucket now, so nothing compiles under load; returns seconds taken."""
-        started = time.perf_counter()
-        for size in self.buckets:
-            self.predict(self.state, np.zeros((size, *self.input_shape), np.uint8)).block_until_ready()
-        return time.perf_counter() - started
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        bucket = next(b for b in self.buckets if b >= n)
-        if bucket != n:
-            images = np.concatenate([images, np.zeros((bucket - n, *self.input_shape), np.uint8)])
-        return np.asarray(self.predict(self.state, images))[:n]
-
-
-class EchoModel:
-    """The benchmark floor: same interface and transport, no model, a constant answer."""
-
-    def __init__(self, meta: dict, buckets: Sequence[int]):
-        self.meta, self.buckets = meta, tuple(buckets)
-        self.identity = "echo"
-        self.input_shape = tuple(meta["input_shape"])
-        self.class_names = list(meta["class_names"])
-        self._probs = np.eye(len(self.class_names), dtype=np.float32)[0]
-
-    def warm_up(self) -> float:
-        return 0.0
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self._probs, (len(images), len(self._probs)))
-
-
-class Acker(threading.Thread):
-    """Acks after publish success, nacks after failure; batches the acknowledge RPCs."""
-
-    def __init__(self, puller: Puller, server: InferenceServer, flush_s: float = 0.01):
-        super().__init__(name="acker", daemon=True)
-        self.puller, self.server, self.flush_s = puller, server, flush_s
-        self.lock = threading.Condition()
-        self.to_ack: list[str] = []
-        self.to_nack: list[str] = []
-        self.in_flight = 0
-        self.closing = False
-
-    def track(self, future: Future, ack_ids: list[str]) -> None:
-        with self.lock:
-            self.in_flight += 1
-        future.add_done_callback(lambda f: self._done(f, ack_ids))
-
-    def nack_now(self, ack_ids: list[str]) -> None:
-        with self.lock:
-            self.to_nack.extend(ack_ids)
-            self.lock.notify()
-
-    def _done(self, future: Future, ack_ids: list[str]) -> None:
-        failed = future.exception() is not None
-        if failed:
-            log.warning(
-                "result publish failed (%s); nacking %d requests for redelivery", future.exception(), len(ack_ids)
-            )
-        with self.lock:
-            (self.to_nack if failed else self.to_ack).extend(ack_ids)
-            self.in_flight -= 1
-            self.lock.notify()
-
-    def run(self) -> None:
-        while True:
-            with self.lock:
-                self.lock.wait_for(lambda: self.to_ack or self.to_nack or self.closing, timeout=self.flush_s)
-                acks, nacks = self.to_ack, self.to_nack
-                self.to_ack, self.to_nack = [], []
-                done = self.closing and self.in_flight == 0 and not acks and not nacks
-            if done:
-                return
-            self._send(acks, self.puller.ack, "ack")
-            self._send(nacks, self.puller.nack, "nack")
-            if acks:
-                metrics.RESULTS.inc(len(acks))
-            self.server.release(acks + nacks)
-
-    def _send(self, ack_ids: list[str], call, what: str) -> None:
-        if not ack_ids:
-            return
-        try:
-            call(ack_ids)
-        except Exception as err:  # the broker went away: redelivery after the deadline covers it
-            log.error("%s of %d messages failed: %s", what, len(ack_ids), err)
-
-    def close(self, timeout: float) -> bool:
-        """Wait for in-flight publishes and flush; True if everything was settled in time."""
-        with self.lock:
-            self.closing = True
-            self.lock.notify()
-        self.join(timeout)
-        return not self.is_alive()
+@dataclasses.dataclass(slots=True)
+class Pending:
+    msg: Received
+    pulled: float  # time.monotonic() when pulled
 
 
 class InferenceServer:
-    def __init__(self, model_dir, topology: Topology, settings: ServerSettings = ServerSettings(), echo: bool = False):
-        self.settings = settings
-        self.topology = topology
-        self.model = (
-            EchoModel(load_metadata(model_dir), settings.buckets) if echo else Model(model_dir, settings.buckets)
-        )
+    """Serves `model` (a BucketedModel, or anything with its interface) on one topology."""
+
+    def __init__(self, model: BucketedModel, topology: Topology, settings: ServerSettings):
+        self.model, self.topology, self.settings = model, topology, settings
         self.queue: collections.deque[Pending] = collections.deque()
         self.cond = threading.Condition()
         self.leases: dict[str, float] = {}  # ack_id -> pull time, for every outstanding message
@@ -207,12 +131,12 @@ class InferenceServer:
                 max_messages=settings.publish_max_messages, max_latency_s=settings.publish_max_latency_ms / 1000
             ),
         )
-        self.acker = Acker(self.puller, self)
+        self.acker = Acker(self.puller, on_settled=self.release)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.window = collections.deque(maxlen=100_000)  # (t_done, n, in-server seconds) for the log line
         metrics.MODEL.info({"digest": self.model.identity, "dataset": str(self.model.meta.get("dataset"))})
 
-    # ------------------------------------------------------------- pulling
+    # ------------------------------------------------------------- 1. pull
     def pull_loop(self) -> None:
         s = self.settings
         failing_since = None
@@ -224,6 +148,9 @@ class InferenceServer:
             try:
                 msgs = self.puller.pull(max_messages=min(room, s.pull_max_messages), timeout=0.5)
                 failing_since = None
+            except BrokerDenied as err:  # no permission, or the subscription is gone: retrying cannot help
+                self.fail(str(err))
+                return
             except BrokerError as err:  # transient (e.g. an emulator hiccup) unless it persists
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > s.broker_give_up_s:
@@ -239,19 +166,13 @@ class InferenceServer:
                 for m in msgs:
                     self.leases[m.ack_id] = now
                 if self.stopping.is_set():  # pulled after shutdown began: hand straight back
-                    self.acker.nack_now([m.ack_id for m in msgs])
+                    self.acker.nack_now([m.ack_id for m in msgs], "shutdown")
                     return
                 self.queue.extend(Pending(m, now) for m in msgs)
                 self.cond.notify()
             metrics.REQUESTS.inc(len(msgs))
 
-    def release(self, ack_ids: list[str]) -> None:
-        with self.cond:
-            for ack_id in ack_ids:
-                self.leases.pop(ack_id, None)
-        metrics.OUTSTANDING.set(len(self.leases))
-
-    # ------------------------------------------------------------ batching
+    # ------------------------------------------------------------ 2. batch
     def next_batch(self) -> list[Pending] | None:
         """Up to max_batch_size requests, once full or once the oldest waited max_wait_ms."""
         s = self.settings
@@ -270,82 +191,99 @@ class InferenceServer:
                 return None  # not started: nacked at shutdown so another replica takes it
             return [self.queue.popleft() for _ in range(min(len(self.queue), s.max_batch_size))]
 
-    # --------------------------------------------------- decode → infer → publish
     def handle_batch(self, batch: list[Pending]) -> None:
+        """decode → infer → publish for one batch; every request ends with exactly one result."""
         started = time.monotonic()
-        shape = self.model.input_shape
-        results: list[dict | None] = [None] * len(batch)
-        raw_at, raw_bytes, decoded_at, decoded = [], [], [], []
-        fields: list[tuple] = []
-        for i, p in enumerate(batch):
-            m = p.msg
-            try:
-                request_id, content_type, seq, sent_ns = wire.check_request(m.data, m.attributes)
-                fields.append((request_id, seq, sent_ns))
-                if content_type == wire.RAW:
-                    wire.check_raw_length(m.data, m.attributes, shape)
-                    raw_at.append(i)
-                    raw_bytes.append(m.data)
-                else:
-                    decoded.append(self._decode_image(m.data))
-                    decoded_at.append(i)
-            except Exception as err:  # WireError, or anything unforeseen: an error result, never a lost batch
-                if not isinstance(err, wire.WireError):
-                    err = wire.WireError("bad_request", f"{type(err).__name__}: {err}")
-                if len(fields) == i:
-                    fields.append(self._salvage_fields(m.attributes))
-                results[i] = wire.error(
-                    *fields[i][:1], _stream(m), *fields[i][1:], err.reason, err.detail, m.message_id
-                )
-                metrics.ERRORS.labels(err.reason).inc()
-                log.warning("bad request %s (message %s): %s", fields[i][0], m.message_id, err)
-        order = raw_at + decoded_at
-        if order:
-            # One numpy view over all raw payloads: no per-message array work.
-            images = np.frombuffer(b"".join(raw_bytes), np.uint8).reshape(len(raw_at), *shape)
-            if decoded:
-                images = np.concatenate([images, np.stack(decoded)])
-            probs = self.model(images)
-            top = np.argsort(-probs, axis=1)[:, : self.settings.top_k]
-            top_p = np.take_along_axis(probs, top, axis=1)
-        computed = time.monotonic()
-        compute_ms = round((computed - started) * 1000, 3)
-        names = self.model.class_names
-        for row, i in enumerate(order):
-            p = batch[i]
-            request_id, seq, sent_ns = fields[i]
-            labels, confs = top[row].tolist(), top_p[row].tolist()
-            timing = {
-                "queue_ms": round((started - p.pulled) * 1000, 3),
-                "compute_ms": compute_ms,
-                "batch_size": len(batch),
-            }
-            results[i] = wire.prediction(
-                request_id,
-                _stream(p.msg),
-                seq,
-                sent_ns,
-                labels[0],
-                names[labels[0]],
-                confs[0],
-                [[lab, round(c, 6)] for lab, c in zip(labels, confs)],
-                timing,
-            )
-        self.publish_grouped(batch, results)
+        results: list[wire.Prediction | wire.ErrorResult | None] = [None] * len(batch)
+        good, images = self.decode(batch, results)
+        if good:
+            self.infer(batch, good, images, results, started)
+        self.publish(batch, results)
         done = time.monotonic()
         metrics.BATCH_SIZE.observe(len(batch))
-        metrics.COMPUTE.observe(computed - started)
+        metrics.COMPUTE.observe(done - started)
         for p in batch:
             metrics.QUEUE_WAIT.observe(started - p.pulled)
             metrics.IN_SERVER.observe(done - p.pulled)
         self.window.append((done, len(batch), done - batch[0].pulled))
 
-    def publish_grouped(self, batch: list[Pending], results: list[dict]) -> None:
-        """One result message per stream in this batch (or per request, if not grouping), keyed by stream."""
-        groups: dict[tuple, tuple[list[dict], list[str]]] = {}
+    # ----------------------------------------------------------- 3. decode
+    def decode(self, batch: list[Pending], results: list) -> tuple[list[tuple[int, wire.Request]], np.ndarray | None]:
+        """Validate every request; returns the good ones (batch index, request) and their pixels.
+
+        A bad request gets its error result in `results` here. Raw payloads become one numpy
+        view over the joined bytes (no per-message array work); pictures are decoded one by one.
+        """
+        shape = self.model.input_shape
+        raw, pictures = [], []
+        for i, p in enumerate(batch):
+            m = p.msg
+            try:
+                request = wire.check_request(m.data, m.attributes, m.ordering_key)
+                if request.content_type == wire.RAW:
+                    wire.check_raw_length(m.data, m.attributes, shape)
+                    raw.append((i, request, m.data))
+                else:
+                    pictures.append((i, request, decode_image(m.data, shape)))
+            except Exception as err:  # WireError, or anything unforeseen: that request's error result
+                results[i] = self.error_for(m, err)
+        good = [(i, request) for i, request, _ in raw + pictures]
+        if not good:
+            return good, None
+        images = np.frombuffer(b"".join(data for *_, data in raw), np.uint8).reshape(len(raw), *shape)
+        if pictures:
+            images = np.concatenate([images, np.stack([array for *_, array in pictures])])
+        return good, images
+
+    # ------------------------------------------------------------ 4. infer
+    def infer(self, batch: list[Pending], good: list, images: np.ndarray, results: list, started: float) -> None:
+        """Run the model and fill in predictions; a failing model call is split to find its cause."""
+        probs = self.run_model(images)
+        compute_ms = round((time.monotonic() - started) * 1000, 3)
+        names = self.model.class_names
+        labels, confidences = top_k(np.nan_to_num(probs, nan=-1.0), self.settings.top_k)
+        for row, (i, request) in enumerate(good):
+            if np.isnan(probs[row, 0]):  # the model failed on this request alone
+                results[i] = self.error_for(batch[i].msg, wire.WireError("internal_error", "the model failed on it"))
+                continue
+            label, confs = labels[row].tolist(), confidences[row].tolist()
+            results[i] = wire.Prediction(
+                request_id=request.request_id,
+                stream=request.stream,
+                seq=request.seq,
+                sent_ns=request.sent_ns,
+                label=label[0],
+                class_name=names[label[0]],
+                confidence=confs[0],
+                top_k=[[lab, round(c, 6)] for lab, c in zip(label, confs)],
+                timing={
+                    "queue_ms": round((started - batch[i].pulled) * 1000, 3),
+                    "compute_ms": compute_ms,
+                    "batch_size": len(batch),
+                },
+            )
+
+    def run_model(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities per image; rows whose images make the model fail are NaN (found by halving)."""
+        try:
+            return self.model(images)
+        except Exception as err:
+            if len(images) == 1:
+                log.error("the model failed on one request: %s", err)
+                return np.full((1, len(self.model.class_names)), np.nan)
+            half = len(images) // 2
+            return np.concatenate([self.run_model(images[:half]), self.run_model(images[half:])])
+
+    # ---------------------------------------------------------- 5. publish
+    def group_key(self, k: int, stream: str) -> tuple:
+        """Results of one batch share a message per stream (bench/ overrides this to measure one per request)."""
+        return (stream,)
+
+    def publish(self, batch: list[Pending], results: list) -> None:
+        """One result message per stream in this batch, keyed by stream; acks follow its publish."""
+        groups: dict[tuple, tuple[list, list[str]]] = {}
         for k, (p, result) in enumerate(zip(batch, results)):
-            key = (_stream(p.msg),) if self.settings.group_results else (_stream(p.msg), k)
-            entry = groups.setdefault(key, ([], []))
+            entry = groups.setdefault(self.group_key(k, result.stream), ([], []))
             entry[0].append(result)
             entry[1].append(p.msg.ack_id)
         for (stream, *_), (group, ack_ids) in groups.items():
@@ -354,27 +292,55 @@ class InferenceServer:
                 future = self.publisher.publish(data, stream, **attributes)
             except Exception as err:  # e.g. publisher stopped: let the requests be redelivered
                 log.error("could not publish results for stream %s: %s", stream, err)
-                self.acker.nack_now(ack_ids)
+                self.acker.nack_now(ack_ids, "publish_failed")
                 continue
             self.acker.track(future, ack_ids)
 
-    def _decode_image(self, data: bytes) -> np.ndarray:
-        try:
-            return load_image(data, self.model.input_shape)
-        except DatasetError as err:
-            raise wire.WireError("undecodable_image", str(err)) from None
+    def error_for(self, msg: Received, err: Exception) -> wire.ErrorResult:
+        if not isinstance(err, wire.WireError):
+            log.exception("unforeseen failure on message %s", msg.message_id)
+            err = wire.WireError("internal_error", f"{type(err).__name__}: {err}")
+        metrics.ERRORS.labels(err.reason).inc()
+        log.warning("bad request (message %s): %s", msg.message_id, err)
+        return wire.error_result(msg.attributes, msg.ordering_key, err, msg.message_id)
 
-    @staticmethod
-    def _salvage_fields(attributes) -> tuple:
-        """Best-effort request id / seq / sent_ns for an error result about a bad message."""
-        request_id = attributes.get("request_id") or None
-        return (
-            request_id[: wire.MAX_ID_CHARS] if request_id else None,
-            wire.parse_uint(attributes.get("seq", "")),
-            wire.parse_uint(attributes.get("sent_ns", "")),
-        )
+    # -------------------------------------------------------------- 6. ack
+    def release(self, ack_ids: list[str]) -> None:
+        """The acker settled these: they no longer count against max_outstanding."""
+        with self.cond:
+            for ack_id in ack_ids:
+                self.leases.pop(ack_id, None)
+        metrics.OUTSTANDING.set(len(self.leases))
 
     # ---------------------------------------------------------- lifecycle
+    def serve(self, on_ready: Callable[[InferenceServer], None] | None = None) -> int:
+        """Run until stop(); returns the exit code (0 after a clean drain)."""
+        warm = self.model.warm_up()
+        log.info("warm-up compiled buckets %s in %.2fs", list(self.model.buckets), warm)
+        threads = [
+            threading.Thread(target=self.pull_loop, name=f"puller-{i}", daemon=True)
+            for i in range(self.settings.pull_threads)
+        ]
+        threads += [
+            threading.Thread(target=self.keep_leases, name="leases", daemon=True),
+            threading.Thread(target=self.report_loop, name="reporter", daemon=True),
+        ]
+        self.acker.start()
+        for thread in threads:
+            thread.start()
+        if on_ready:
+            on_ready(self)
+        while (batch := self.next_batch()) is not None:
+            try:
+                self.handle_batch(batch)
+            except Exception as err:  # a bug of ours, not the requests': a retry would fail the same way
+                log.exception("batch of %d failed; answering each request with internal_error", len(batch))
+                try:
+                    self.publish(batch, [self.error_for(p.msg, err) for p in batch])
+                except Exception:
+                    self.acker.nack_now([p.msg.ack_id for p in batch], "batch_failed")
+        return self.drain(threads)
+
     def fail(self, reason: str) -> None:
         if self.fatal is None:
             self.fatal = reason
@@ -417,31 +383,6 @@ class InferenceServer:
                 len(self.leases),
             )
 
-    def serve(self, on_ready=None) -> int:
-        """Run until stop(); returns the exit code (0 after a clean drain)."""
-        warm = self.model.warm_up()
-        log.info("warm-up compiled buckets %s in %.2fs", list(self.model.buckets), warm)
-        threads = [
-            threading.Thread(target=self.pull_loop, name=f"puller-{i}", daemon=True)
-            for i in range(self.settings.pull_threads)
-        ]
-        threads += [
-            threading.Thread(target=self.keep_leases, name="leases", daemon=True),
-            threading.Thread(target=self.report_loop, name="reporter", daemon=True),
-        ]
-        self.acker.start()
-        for thread in threads:
-            thread.start()
-        if on_ready:
-            on_ready(self)
-        while (batch := self.next_batch()) is not None:
-            try:
-                self.handle_batch(batch)
-            except Exception:  # never let one batch take the server down; Pub/Sub retries it (then the DLQ)
-                log.exception("batch of %d failed; nacking it for redelivery", len(batch))
-                self.acker.nack_now([p.msg.ack_id for p in batch])
-        return self.drain(threads)
-
     def drain(self, threads: list[threading.Thread]) -> int:
         """Stop pulling, nack what never started, wait for publishes and acks in flight."""
         deadline = time.monotonic() + self.settings.drain_timeout_s
@@ -452,7 +393,7 @@ class InferenceServer:
             self.queue.clear()
         if unstarted:
             log.info("shutdown: nacking %d requests that were never started", len(unstarted))
-            self.acker.nack_now(unstarted)
+            self.acker.nack_now(unstarted, "shutdown")
         settled = self.acker.close(max(0.1, deadline - time.monotonic()))
         self.publisher.close()
         self.puller.close()
@@ -465,7 +406,80 @@ class InferenceServer:
         return 1 if self.fatal or not settled else 0
 
 
-def _stream(msg: Received) -> str:
-    """The request's stream, used as the result's ordering key ('' if absent or unusable)."""
-    stream = msg.attributes.get("stream") or msg.ordering_key or ""
-    return stream if len(stream) <= wire.MAX_STREAM_CHARS else ""
+def decode_image(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """A PNG/JPEG request's pixels, or WireError('undecodable_image')."""
+    try:
+        return load_image(data, shape)
+    except DatasetError as err:
+        raise wire.WireError("undecodable_image", str(err)) from None
+
+
+class Acker(threading.Thread):
+    """Acks after publish success, nacks after failure; batches the acknowledge RPCs.
+
+    `on_settled(ack_ids)` is told about every ack id once it was acked or nacked.
+    """
+
+    def __init__(self, puller: Puller, on_settled: Callable[[list[str]], None], flush_s: float = 0.01):
+        super().__init__(name="acker", daemon=True)
+        self.puller, self.on_settled, self.flush_s = puller, on_settled, flush_s
+        self.lock = threading.Condition()
+        self.to_ack: list[str] = []
+        self.to_nack: list[str] = []
+        self.in_flight = 0
+        self.closing = False
+
+    def track(self, future: Future, ack_ids: list[str]) -> None:
+        with self.lock:
+            self.in_flight += 1
+        future.add_done_callback(lambda f: self._done(f, ack_ids))
+
+    def nack_now(self, ack_ids: list[str], reason: str) -> None:
+        metrics.NACKS.labels(reason).inc(len(ack_ids))
+        with self.lock:
+            self.to_nack.extend(ack_ids)
+            self.lock.notify()
+
+    def _done(self, future: Future, ack_ids: list[str]) -> None:
+        failed = future.exception() is not None
+        if failed:
+            log.warning(
+                "result publish failed (%s); nacking %d requests for redelivery", future.exception(), len(ack_ids)
+            )
+            metrics.NACKS.labels("publish_failed").inc(len(ack_ids))
+        with self.lock:
+            (self.to_nack if failed else self.to_ack).extend(ack_ids)
+            self.in_flight -= 1
+            self.lock.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                self.lock.wait_for(lambda: self.to_ack or self.to_nack or self.closing, timeout=self.flush_s)
+                acks, nacks = self.to_ack, self.to_nack
+                self.to_ack, self.to_nack = [], []
+                done = self.closing and self.in_flight == 0 and not acks and not nacks
+            if done:
+                return
+            if self._send(acks, self.puller.ack, "ack"):
+                metrics.RESULTS.inc(len(acks))
+            self._send(nacks, self.puller.nack, "nack")
+            self.on_settled(acks + nacks)
+
+    def _send(self, ack_ids: list[str], call, what: str) -> bool:
+        if not ack_ids:
+            return False
+        try:
+            call(ack_ids)
+            return True
+        except Exception as err:  # the broker went away: redelivery after the deadline covers it
+            log.error("%s of %d messages failed: %s", what, len(ack_ids), err)
+            return False
+
+    def close(self, timeout: float) -> bool:
+        """Wait for in-flight publishes and flush; True if everything was settled in time."""
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+        self.join(timeout)
+        return not self.is_alive()

@@ -3,6 +3,9 @@ python -m streamer --index N | --image FILE      (one image through the broker)
 python -m streamer --collect-only --run-id ID --state-file F [--limit N] [--server external]
                                                  (resume collecting a run whose streamer died)
 python -m streamer report [DIR]                  (show the latest, or the named, report again)
+python -m streamer report --diff RUN_A RUN_B     (compare two saved runs: accuracy, per class, latency, models)
+python -m streamer --dataset folder:DIR --model M [--content-type png]   (your model on your test set)
+python -m streamer --compare OTHER_MODEL         (two models, the same requests, McNemar's test)
 """
 
 import argparse
@@ -14,20 +17,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m streamer", description="Stream Fashion-MNIST through Pub/Sub and report."
     )
     p.add_argument("--config", help="config file (default configs/stream.py)")
-    p.add_argument("--rate", type=float, help="images per second; 0 = as fast as possible (default 200)")
-    p.add_argument("--streams", type=int, help="ordering keys: image i goes on stream i %% K")
-    p.add_argument("--limit", type=int, help="only the first N test images")
-    p.add_argument("--content-type", choices=("raw", "png"), help="send raw pixels or PNG files")
     p.add_argument(
-        "--server", choices=("managed", "external"), default="managed", help="start the server, or use a running one"
+        "--rate", type=float, dest="streamer.rate", help="images per second; 0 = as fast as possible (default 200)"
     )
-    p.add_argument("--replicas", type=int, help="managed server replicas")
-    p.add_argument("--project", help="real GCP project (default: the emulator)")
-    p.add_argument("--model", help="model directory for the managed server and the offline check")
+    p.add_argument("--streams", type=int, dest="streamer.streams", help="ordering keys: image i goes on stream i %% K")
+    p.add_argument("--limit", type=int, dest="streamer.limit", help="only the first N test images")
+    p.add_argument(
+        "--content-type", choices=("raw", "png"), dest="streamer.content_type", help="send raw pixels or PNG files"
+    )
+    p.add_argument(
+        "--server",
+        choices=("managed", "external"),
+        default="managed",
+        dest="server_mode",
+        help="start the server, or use a running one",
+    )
+    p.add_argument("--replicas", type=int, dest="server.replicas", help="managed server replicas")
+    p.add_argument("--project", dest="broker.project", help="real GCP project (default: the emulator)")
+    p.add_argument("--model", dest="model_dir", help="model directory for the managed server and the offline check")
     p.add_argument("--topic-suffix", default="", help="suffix on every topic/subscription name")
-    p.add_argument("--timeout", type=float, help="seconds to wait for all results")
-    p.add_argument("--reports-dir", help="where reports/<timestamp>/ go")
-    p.add_argument("--state-file", help="persist collector progress here (resumable collector)")
+    p.add_argument("--timeout", type=float, dest="collector.timeout_s", help="seconds to wait for all results")
+    p.add_argument("--reports-dir", dest="collector.reports_dir", help="where reports/<timestamp>/ go")
+    p.add_argument(
+        "--state-file", dest="collector.state_file", help="persist collector progress here (resumable collector)"
+    )
     p.add_argument("--run-id", help="request-id prefix (resume a collector with the same run id)")
     p.add_argument(
         "--collect-only",
@@ -35,6 +48,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="publish nothing: collect the results of run --run-id (resuming from --state-file) and report",
     )
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the offline comparison")
+    p.add_argument(
+        "--dataset",
+        dest="streamer.dataset",
+        help="fashion_mnist (default), idx:IMAGES,LABELS or folder:DIR: the labelled test images to stream",
+    )
+    p.add_argument("--compare", help="a second model folder: served on its own subscription of the same requests")
     p.add_argument("--index", type=int, help="send test image N and print its prediction")
     p.add_argument("--image", help="send this PNG/JPEG and print its prediction")
     return p.parse_args(argv)
@@ -43,10 +62,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
-        from streamer.report import show_report
+        from streamer.report import diff_reports, show_report
 
         try:
-            print(show_report(argv[1] if len(argv) > 1 else None))
+            if argv[1:2] == ["--diff"]:
+                if len(argv) != 4:
+                    print("usage: python -m streamer report --diff RUN_A RUN_B", file=sys.stderr)
+                    return 2
+                print(diff_reports(argv[2], argv[3])[0])
+            else:
+                print(show_report(argv[1] if len(argv) > 1 else None))
         except FileNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

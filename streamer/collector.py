@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from broker import wire
 from broker.errors import BrokerError
 from broker.pubsub import Puller
+from train.calibration import calibration_from_confidences
 
 log = logging.getLogger("collector")
 PERCENTILES = (50, 90, 95, 99)
@@ -31,8 +33,16 @@ PERCENTILES = (50, 90, 95, 99)
 class Collector:
     """Thread-safe accumulation of one run's results (indices 0..n-1 of a dataset)."""
 
-    def __init__(self, run_id: str, labels: np.ndarray, class_names: list[str], state_file: str | None = None):
+    def __init__(
+        self,
+        run_id: str,
+        labels: np.ndarray,
+        class_names: list[str],
+        state_file: str | None = None,
+        model: str | None = None,
+    ):
         n = len(labels)
+        self.model = model  # the identity whose results this collector takes (None: any)
         self.run_id, self.labels, self.class_names = run_id, np.asarray(labels), list(class_names)
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -47,7 +57,8 @@ class Collector:
         self.stream = [""] * n
         self.seq = np.full(n, -1, np.int64)
         self.errors: dict[int | str, dict] = {}
-        self.duplicates = self.stray = self.ordering_violations = 0
+        self.duplicates = self.stray = self.invalid = self.ordering_violations = 0
+        self.invalid_seen: set[str] = set()
         self.last_seq: dict[str, int] = {}
         self.violations_by_stream: dict[str, int] = {}
         self.models: set[str] = set()
@@ -66,28 +77,47 @@ class Collector:
 
     def add_message(self, data: bytes, received_s: float | None = None) -> int:
         """Record one result message; returns how many new requests it answered."""
-        received_s = received_s or time.time()
         try:
             model, results = wire.decode_results(data)
         except wire.WireError as err:
-            log.warning("undecodable result message: %s", err)
             with self.lock:
-                self.stray += 1
+                self._invalid(err)
             return 0
+        return self.add_results(model, results, received_s)
+
+    def add_results(self, model: str, results: list, received_s: float | None = None) -> int:
+        """Record the results of one decoded message; returns how many new requests they answered."""
+        received_s = received_s or time.time()
         new = 0
         with self.lock:
-            self.models.add(model)
             for result in results:
+                try:
+                    result = wire.check_result(result, len(self.class_names))
+                except wire.WireError as err:
+                    self._invalid(err)
+                    continue
                 new += self._add_result(result, received_s)
+            if new:
+                self.models.add(model[: wire.MAX_ID_CHARS])
             if self.answered.all():
                 self.done.set()
         if new and self.on_progress:
             self.on_progress(new)
         return new
 
+    def _invalid(self, err: wire.WireError) -> None:
+        """Count a result that breaks the contract; log the first of each kind (a flood must not flood the log)."""
+        self.invalid += 1
+        if err.detail not in self.invalid_seen:
+            self.invalid_seen.add(err.detail)
+            log.warning("invalid result on the results topic (counted, not used): %s", err)
+
     def _add_result(self, r: dict, received_s: float) -> int:
         i = self.index_of(r.get("request_id"))
         if "error" in r:
+            if i is None and r.get("request_id") is not None:
+                self.stray += 1  # another run's (or someone else's) request
+                return 0
             key = i if i is not None else f"{r.get('request_id')}/{r.get('message_id')}"
             if key in self.errors:
                 self.duplicates += 1
@@ -103,7 +133,7 @@ class Collector:
         if self.answered[i]:
             self.duplicates += 1
             return 0
-        stream, seq = str(r.get("stream", "")), int(r.get("seq", -1))
+        stream, seq = r.get("stream", ""), r.get("seq") if r.get("seq") is not None else -1
         if seq < self.last_seq.get(stream, -1):
             self.ordering_violations += 1
             self.violations_by_stream[stream] = self.violations_by_stream.get(stream, 0) + 1
@@ -123,7 +153,18 @@ class Collector:
     # --------------------------------------------------------- subscribing
     def subscribe(self, subscription_path: str) -> ResultPump:
         """Start pulling result messages in a background thread (see ResultPump)."""
-        return ResultPump(self, subscription_path)
+        return ResultPump([self], subscription_path)
+
+    def running_stats(self) -> tuple[float | None, float | None]:
+        """(accuracy, p50 latency in ms) of what has arrived so far, for the progress bar."""
+        with self.lock:
+            ok = self.answered & (self.prediction >= 0)
+            if not ok.any():
+                return None, None
+            accuracy = float((self.prediction[ok] == self.labels[ok]).mean())
+            latency = self.latency_ms[ok]
+            latency = latency[~np.isnan(latency)]
+            return accuracy, float(np.median(latency)) if len(latency) else None
 
     def flush_state(self) -> None:
         """Write the state file atomically (a no-op without one)."""
@@ -153,6 +194,7 @@ class Collector:
             "errors": [[k, v] for k, v in self.errors.items()],
             "duplicates": self.duplicates,
             "stray": self.stray,
+            "invalid": self.invalid,
             "ordering_violations": self.ordering_violations,
             "violations_by_stream": self.violations_by_stream,
             "last_seq": self.last_seq,
@@ -177,7 +219,7 @@ class Collector:
             self.errors[key] = value
             if isinstance(key, int):
                 self.answered[key] = True
-        self.duplicates, self.stray = s["duplicates"], s["stray"]
+        self.duplicates, self.stray, self.invalid = s["duplicates"], s["stray"], s.get("invalid", 0)
         self.ordering_violations, self.violations_by_stream = s["ordering_violations"], s["violations_by_stream"]
         self.last_seq, self.models = s["last_seq"], set(s["models"])
         log.info("resumed from %s: %d results already collected", self.state_file, len(idx))
@@ -186,9 +228,6 @@ class Collector:
     def count_answered(self) -> int:
         with self.lock:
             return int(self.answered.sum())
-
-    def wait(self, timeout: float) -> bool:
-        return self.done.wait(timeout)
 
     def summary(self, run: dict, sent_s: np.ndarray | None = None, dead_lettered: int = 0) -> dict:
         """Every figure of the report (see streamer/report.py for how it is shown)."""
@@ -221,12 +260,15 @@ class Collector:
                     "answered": int(self.answered.sum()),
                     "correct": int((y == p).sum()),
                     "errors": len(self.errors),
+                    "request_errors": sum(isinstance(key, int) for key in self.errors),  # of our own requests
                     "duplicates": self.duplicates,
                     "missing": int(len(missing)),
                     "dead_lettered": dead_lettered,
                     "stray": self.stray,
+                    "invalid": self.invalid,
                 },
                 "accuracy": float((y == p).mean()) if len(idx) else None,
+                "calibration": calibration_from_confidences(self.confidence[idx].astype(float), y == p),
                 "per_class": per_class_metrics(confusion, self.class_names),
                 "confusion": confusion.tolist(),
                 "latency_ms": stats(self.latency_ms[idx], with_min_max=True),
@@ -246,7 +288,7 @@ class Collector:
                 },
                 "ordering": {"violations": self.ordering_violations, "by_stream": dict(self.violations_by_stream)},
                 "errors": list(self.errors.values())[:1000],
-                "error_reasons": _count(e.get("error") for e in self.errors.values()),
+                "error_reasons": dict(Counter(e.get("error") for e in self.errors.values())),
                 "missing": [f"{self.run_id}-{i}" for i in missing[:1000]],
                 "predictions": [
                     {
@@ -265,15 +307,18 @@ class Collector:
 
 
 class ResultPump:
-    """Pulls result messages for a Collector: record, persist (with a state file), then ack.
+    """Pulls result messages for its Collectors: route by model, record, persist (with a state file), then ack.
 
     Unary pull with batched acks, like the server: results arrive grouped, and
     an ack only goes out once what it acknowledges is recorded (and, with a
     state file, on disk), so a killed collector loses nothing.
     """
 
-    def __init__(self, collector: Collector, subscription_path: str, flush_s: float = 0.5, give_up_s: float = 15.0):
-        self.collector, self.flush_s, self.give_up_s = collector, flush_s, give_up_s
+    def __init__(
+        self, collectors: list[Collector], subscription_path: str, flush_s: float = 0.5, give_up_s: float = 15.0
+    ):
+        self.collectors, self.flush_s, self.give_up_s = collectors, flush_s, give_up_s
+        self.collector = collectors[0]  # the primary: it also counts what belongs to no collector
         self.puller = Puller(subscription_path)
         self.stopping = threading.Event()
         self._error: BaseException | None = None
@@ -296,11 +341,34 @@ class ResultPump:
                 continue
             received_s = time.time()
             for message in messages:
-                self.collector.add_message(message.data, received_s)
+                try:
+                    self.record(message.data, received_s)
+                except Exception as err:  # a bug of ours must not stop collecting everyone else's results
+                    log.exception("result message %s could not be recorded", message.message_id)
+                    with self.collector.lock:
+                        self.collector._invalid(wire.WireError("bad_result", f"{type(err).__name__}: {err}"))
             self._unacked += [m.ack_id for m in messages]
             if not self.collector.state_file or time.monotonic() - last_flush > self.flush_s:
                 self._settle()
                 last_flush = time.monotonic()
+
+    def record(self, data: bytes, received_s: float) -> None:
+        """Hand one result message to the collector of its model (or count it as stray)."""
+        try:
+            model, results = wire.decode_results(data)
+        except wire.WireError as err:
+            with self.collector.lock:
+                self.collector._invalid(err)
+            return
+        if len(self.collectors) == 1:
+            self.collector.add_results(model, results, received_s)
+            return
+        target = next((c for c in self.collectors if c.model == model), None)
+        if target is None:
+            with self.collector.lock:
+                self.collector.stray += len(results)
+            return
+        target.add_results(model, results, received_s)
 
     def _settle(self) -> None:
         """Persist, then ack everything recorded so far."""
@@ -371,10 +439,3 @@ def _round(x, digits: int = 4):
 
 def _nan_to_none(values: np.ndarray) -> list:
     return [None if np.isnan(v) else float(v) for v in values]
-
-
-def _count(items) -> dict:
-    out: dict = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out

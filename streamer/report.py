@@ -20,6 +20,7 @@ import html
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def _summary_table(summary: dict) -> Table:
         ["Errors", _fmt(counts.get("errors"))],
         ["Dead-lettered", _fmt(counts.get("dead_lettered"))],
         ["Stray (not from this run)", _fmt(counts.get("stray"))],
+        ["Invalid results (refused)", _fmt(counts.get("invalid"))],
         ["Accuracy", f"{_pct(summary.get('accuracy'))} ({_fmt(counts.get('correct'))} correct)"],
         ["Publish rate target / achieved", f"{_fmt(run.get('rate_target'))} / {_fmt(run.get('rate_achieved'))} img/s"],
         [
@@ -105,7 +107,8 @@ def _summary_table(summary: dict) -> Table:
         ["Model identity", _model_identity_text(summary)],
         ["Wall time", _fmt(run.get("wall_s"), 1, " s")],
         ["Server", f"{_fmt(run.get('server_mode'))}, {_fmt(run.get('replicas'))} replica(s)"],
-        ["Streams / limit", f"{_fmt(run.get('streams'))} / {_fmt(run.get('limit'))}"],
+        ["Dataset / images", f"{_fmt(run.get('dataset'))} / {_fmt(run.get('limit'))}"],
+        ["Streams", _fmt(run.get("streams"))],
         ["Broker / content type", f"{_fmt(run.get('broker'))} / {_fmt(run.get('content_type'))}"],
     ]
     return ["Metric", "Value"], rows
@@ -327,11 +330,176 @@ def _batch_size_figure(summary: dict) -> Figure:
 
 
 # (file name, alt text, figure builder) for every plot in the report.
+def _calibration_table(summary: dict) -> Table:
+    """Is the confidence true? One column per model."""
+    models = [("", summary)] + ([("B", summary["compare"]["b"])] if summary.get("compare") else [])
+    header = ["Calibration (15 equal-width bins)"] + [
+        f"model {'A' if not name and len(models) > 1 else name or ''} {_section(s, 'model').get('identity', '')}".strip()
+        for name, s in models
+    ]
+    cals = [_section(s, "calibration") for _, s in models]
+    rows = [
+        ["Expected calibration error (ECE)"] + [_pct(c.get("ece")) for c in cals],
+        ["Largest bin gap |confidence - accuracy|"] + [_pct(c.get("max_gap")) for c in cals],
+        ["Mean confidence"] + [_pct(c.get("mean_confidence")) for c in cals],
+        ["Accuracy"] + [_pct(c.get("accuracy")) for c in cals],
+        ["Verdict"] + [_confidence_verdict(c) for c in cals],
+    ]
+    return header, rows
+
+
+def _confidence_verdict(cal: dict) -> str:
+    over = cal.get("overconfidence")
+    if over is None:
+        return NA
+    if abs(over) < 0.005:
+        return "confidence matches accuracy (within 0.5 points)"
+    return f"{'over' if over > 0 else 'under'}-confident by {abs(over) * 100:.2f} points"
+
+
+def _reliability_figure(summary: dict) -> Figure:
+    """Confidence bins against the accuracy observed in them, with how many predictions each bin holds."""
+    models = [("A" if summary.get("compare") else "model", summary)]
+    if summary.get("compare"):
+        models.append(("B", summary["compare"]["b"]))
+    bins = _section(summary, "calibration").get("bins") or []
+    if not bins or not any(b["count"] for b in bins):
+        return _empty_figure("Reliability diagram", "No answered predictions")
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(7.5, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
+    width = 1 / len(bins) / len(models)
+    for k, (name, s) in enumerate(models):
+        cal = _section(s, "calibration")
+        lows = np.array([b["lower"] for b in cal["bins"]]) + k * width
+        acc = np.array([b["accuracy"] if b["count"] else np.nan for b in cal["bins"]])
+        conf = np.array([b["confidence"] if b["count"] else np.nan for b in cal["bins"]])
+        counts = np.array([b["count"] for b in cal["bins"]])
+        label = f"{name} {_section(s, 'model').get('identity', '')}: ECE {_pct(cal.get('ece'))}"
+        bars = ax.bar(lows, acc, width=width, align="edge", alpha=0.75, edgecolor="black", label=label)
+        color = bars.patches[0].get_facecolor()
+        ax.scatter(lows + width / 2, conf, marker="_", s=120, color="black", zorder=3)
+        ax_n.bar(lows, counts, width=width, align="edge", color=color, edgecolor="black")
+    ax.set_ylabel("observed accuracy in the bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Reliability diagram: bars = accuracy, black ticks = mean confidence per bin")
+    ax.legend(loc="upper left", fontsize=9)
+    ax_n.set_yscale("log")
+    ax_n.set_ylabel("predictions (log)")
+    ax_n.set_xlabel("confidence (15 equal-width bins)")
+    fig.tight_layout()
+    return fig
+
+
+def _comparison_tables(summary: dict) -> list[Block]:
+    cmp, b = summary["compare"], summary["compare"]["b"]
+    mc = cmp["mcnemar"]
+    la, lb = _section(summary, "latency_ms"), _section(b, "latency_ms")
+    side = (
+        ["", f"A {_section(summary, 'model').get('identity')}", f"B {_section(b, 'model').get('identity')}", "B - A"],
+        [
+            ["Model folder", _fmt(_section(summary, "model").get("dir")), _fmt(_section(b, "model").get("dir")), ""],
+            [
+                "Accuracy (paired images)",
+                _pct(cmp["accuracy_a"]),
+                _pct(cmp["accuracy_b"]),
+                _signed_pct(cmp["accuracy_delta"]),
+            ],
+            ["Answered", _fmt(summary["counts"]["answered"]), _fmt(b["counts"]["answered"]), ""],
+            ["ECE", _pct(summary["calibration"]["ece"]), _pct(b["calibration"]["ece"]), ""],
+        ]
+        + [
+            [f"Latency {k}", _ms(la.get(k)), _ms(lb.get(k)), _signed_ms(lb.get(k), la.get(k))]
+            for k in ("p50", "p90", "p99")
+        ]
+        + [
+            [
+                "Throughput",
+                _fmt(summary["throughput"]["img_per_s"], 1, " img/s"),
+                _fmt(b["throughput"]["img_per_s"], 1, " img/s"),
+                "",
+            ]
+        ],
+    )
+    mcnemar = (
+        ["McNemar (exact, two-sided)", "B right", "B wrong"],
+        [
+            ["A right", _fmt(mc["both_right"]), _fmt(mc["a_right_b_wrong"])],
+            ["A wrong", _fmt(mc["a_wrong_b_right"]), _fmt(mc["both_wrong"])],
+        ],
+    )
+    verdict = (
+        f"On {cmp['paired_images']} paired images the models disagree on {cmp['disagreements']}. Discordant pairs: "
+        f"A right/B wrong {mc['a_right_b_wrong']}, A wrong/B right {mc['a_wrong_b_right']}; exact McNemar "
+        f"p = {mc['p_value']:.3g}: "
+        + (
+            f"model {'B' if (cmp['accuracy_delta'] or 0) > 0 else 'A'} is better by more than chance (p < 0.05)."
+            if mc["significant_at_0.05"]
+            else "the difference could be chance (p >= 0.05)."
+        )
+    )
+    per_class = (
+        ["Class", "Accuracy A", "Accuracy B", "Δ accuracy", "F1 A", "F1 B", "Δ F1"],
+        [
+            [
+                row["class"],
+                _pct(row["accuracy_a"]),
+                _pct(row["accuracy_b"]),
+                _signed_pct(row["accuracy_delta"]),
+                _fmt(row["f1_a"], 4),
+                _fmt(row["f1_b"], 4),
+                _fmt(row["f1_delta"], 4),
+            ]
+            for row in cmp["per_class"]
+        ],
+    )
+    return [("table", side), ("text", verdict), ("table", mcnemar), ("table", per_class)]
+
+
+def _signed_pct(fraction) -> str:
+    return NA if fraction is None else f"{100 * fraction:+.2f} pts"
+
+
+def _signed_ms(new, old) -> str:
+    return NA if new is None or old is None else f"{new - old:+.1f} ms"
+
+
+GALLERY_PNG = "disagreements.png"
+GALLERY_MAX = 40
+
+
+def _gallery_figure(summary: dict, images: np.ndarray) -> Figure:
+    """Images where the two models disagree, captioned with the truth and both predictions."""
+    examples = summary["compare"]["disagreement_examples"][:GALLERY_MAX]
+    names = summary.get("class_names") or []
+    if not examples:
+        return _empty_figure("Disagreements", "The two models agree on every image")
+    cols = 8
+    rows = math.ceil(len(examples) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, ex in zip(axes.ravel(), examples):
+        image = images[ex["index"]]
+        ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
+        name = lambda k: names[k] if k < len(names) else str(k)  # noqa: E731
+        ax.set_title(
+            f"true {name(ex['label'])}\nA {name(ex['a'])}{' ✓' if ex['a'] == ex['label'] else ''}"
+            f"\nB {name(ex['b'])}{' ✓' if ex['b'] == ex['label'] else ''}",
+            fontsize=7,
+        )
+    total = summary["compare"]["disagreements"]
+    fig.suptitle(f"Where A and B disagree: the first {len(examples)} of {total} images (✓ = correct)")
+    fig.tight_layout()
+    return fig
+
+
 PLOTS: tuple[tuple[str, str, Callable[[dict], Figure]], ...] = (
     ("confusion_matrix.png", "Confusion matrix", _confusion_figure),
     ("latency.png", "Latency distribution", _latency_figure),
     ("throughput.png", "Throughput over time", _throughput_figure),
     ("batch_sizes.png", "Server batch sizes", _batch_size_figure),
+    ("reliability.png", "Reliability diagram", _reliability_figure),
 )
 
 
@@ -346,7 +514,8 @@ def _save_figure(fig: Figure, path: Path) -> None:
 
 
 def _report_title(summary: dict) -> str:
-    return f"Fashion-MNIST streaming evaluation: {_fmt(_section(summary, 'run').get('started_at'))}"
+    run = _section(summary, "run")
+    return f"Streaming evaluation of {run.get('dataset') or 'fashion_mnist'}: {_fmt(run.get('started_at'))}"
 
 
 def _report_sections(summary: dict) -> list[tuple[str, list[Block]]]:
@@ -356,6 +525,7 @@ def _report_sections(summary: dict) -> list[tuple[str, list[Block]]]:
         ("Summary", [("table", _summary_table(summary))]),
         ("Per-class metrics", [("table", _per_class_table(summary))]),
         ("Confusion matrix", [("image", PLOTS[0][:2]), ("table", _confusion_table(summary))]),
+        ("Calibration: is the confidence true?", [("table", _calibration_table(summary)), ("image", PLOTS[4][:2])]),
         ("Latency", [("image", PLOTS[1][:2])]),
         ("Throughput", [("image", PLOTS[2][:2])]),
         (
@@ -367,6 +537,11 @@ def _report_sections(summary: dict) -> list[tuple[str, list[Block]]]:
             ],
         ),
     ]
+    if summary.get("compare"):
+        blocks = _comparison_tables(summary)
+        if summary["compare"].get("gallery"):
+            blocks.append(("image", (GALLERY_PNG, "Images where the two models disagree")))
+        sections.insert(1, ("Model A against model B, on the same requests", blocks))
     if summary.get("error_reasons") or summary.get("errors"):
         blocks: list[Block] = [("table", _error_reasons_table(summary))]
         blocks += [("text", f"First {MAX_ERRORS_LISTED} errors:"), ("table", _error_examples_table(summary))]
@@ -492,14 +667,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def write_report(summary: dict, out_dir: str | Path) -> Path:
-    """Write report.json, the four PNG plots, report.md and report.html into ``out_dir``.
+def write_report(summary: dict, out_dir: str | Path, images: np.ndarray | None = None) -> Path:
+    """Write report.json, the PNG plots, report.md and report.html into ``out_dir``.
 
     The JSON keeps the raw numbers for later comparison; the plots, Markdown and HTML are for people.
+    With two models compared and the run's ``images`` given, a gallery of their disagreements too.
     Returns ``out_dir`` as a Path.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if summary.get("compare") and images is not None:
+        _save_figure(_gallery_figure(summary, images), out_dir / GALLERY_PNG)
+        summary["compare"]["gallery"] = GALLERY_PNG
     with open(out_dir / REPORT_JSON, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=_json_default)
     for file_name, _alt, build_figure in PLOTS:
@@ -538,6 +717,23 @@ def render_terminal(summary: dict, out_dir: str | Path | None = None) -> str:
         f"  ordering    {_fmt(_section(summary, 'ordering').get('violations'))} violation(s)",
         "  errors      " + (", ".join(f"{reason} x{count}" for reason, count in reasons.items()) or "none"),
     ]
+    cal = _section(summary, "calibration")
+    if cal:
+        lines.append(
+            f"  calibration ECE {_pct(cal.get('ece'))}, mean confidence {_pct(cal.get('mean_confidence'))} "
+            f"vs accuracy {_pct(cal.get('accuracy'))}: {_confidence_verdict(cal)}"
+        )
+    if summary.get("compare"):
+        cmp, b = summary["compare"], summary["compare"]["b"]
+        mc = cmp["mcnemar"]
+        lines += [
+            f"  model B     {_fmt(_section(b, 'model').get('identity'))}: accuracy {_pct(cmp['accuracy_b'])} "
+            f"vs A {_pct(cmp['accuracy_a'])} ({_signed_pct(cmp['accuracy_delta'])}), "
+            f"p50 {_ms(_section(b, 'latency_ms').get('p50'))}",
+            f"  McNemar     A right/B wrong {mc['a_right_b_wrong']}, A wrong/B right {mc['a_wrong_b_right']}: "
+            f"p = {mc['p_value']:.3g}"
+            + (" (significant at 0.05)" if mc["significant_at_0.05"] else " (could be chance)"),
+        ]
     weakest = _weakest_class_text(summary)
     if weakest:
         lines.append(f"  weakest     {weakest}")
@@ -600,7 +796,54 @@ def show_report(path: str | Path | None = None, reports_dir: str | Path = "repor
     return render_terminal(summary, report_json.parent)
 
 
-if __name__ == "__main__":
-    import sys
+def diff_reports(path_a: str | Path, path_b: str | Path, reports_dir: str | Path = "reports") -> tuple[str, Path]:
+    """Compare two saved runs (any days apart): accuracy, per-class, calibration, latency, throughput, models.
 
-    print(show_report(sys.argv[1] if len(sys.argv) > 1 else None))
+    Returns the text (also printed by `python -m streamer report --diff A B`) and the folder where
+    diff.md and diff.json were written.
+    """
+    runs = [json.loads(_resolve_report_json(p, reports_dir).read_text(encoding="utf-8")) for p in (path_a, path_b)]
+    a, b = runs
+    la, lb = _section(a, "latency_ms"), _section(b, "latency_ms")
+    ta, tb = _section(a, "throughput").get("img_per_s"), _section(b, "throughput").get("img_per_s")
+    rows = [
+        ["Run", f"{_section(a, 'run').get('run_id')} {_section(a, 'run').get('started_at')}",
+         f"{_section(b, 'run').get('run_id')} {_section(b, 'run').get('started_at')}", ""],
+        ["Model", _model_identity_text(a), _model_identity_text(b),
+         "same" if _section(a, "model").get("identity") == _section(b, "model").get("identity") else "DIFFERENT"],
+        ["Dataset / images", f"{_section(a, 'run').get('dataset')} / {_section(a, 'run').get('limit')}",
+         f"{_section(b, 'run').get('dataset')} / {_section(b, 'run').get('limit')}", ""],
+        ["Accuracy", _pct(a.get("accuracy")), _pct(b.get("accuracy")), _signed_pct(_delta(b.get("accuracy"), a.get("accuracy")))],
+        ["ECE", _pct(_section(a, "calibration").get("ece")), _pct(_section(b, "calibration").get("ece")),
+         _signed_pct(_delta(_section(b, "calibration").get("ece"), _section(a, "calibration").get("ece")))],
+    ]  # fmt: skip
+    rows += [
+        [f"Latency {k}", _ms(la.get(k)), _ms(lb.get(k)), _signed_ms(lb.get(k), la.get(k))]
+        for k in ("p50", "p90", "p99")
+    ]
+    rows.append(["Throughput", _fmt(ta, 1, " img/s"), _fmt(tb, 1, " img/s"), _fmt(_delta(tb, ta), 1, " img/s")])
+    per_class = [
+        [ca["class"], _pct(ca["accuracy"]), _pct(cb["accuracy"]), _signed_pct(_delta(cb["accuracy"], ca["accuracy"]))]
+        for ca, cb in zip(a.get("per_class") or [], b.get("per_class") or [])
+    ]
+    overview: Table = (["", "A", "B", "B - A"], rows)
+    classes: Table = (["Class", "Accuracy A", "Accuracy B", "B - A"], per_class)
+    markdown = f"# Run A against run B\n\n{_markdown_table(overview)}\n\n## Per class\n\n{_markdown_table(classes)}\n"
+    out_dir = Path(reports_dir) / f"diff-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "diff.md").write_text(markdown, encoding="utf-8")
+    table_json = {
+        "overview": [dict(zip(overview[0], r)) for r in rows],
+        "per_class": [dict(zip(classes[0], r)) for r in per_class],
+    }
+    (out_dir / "diff.json").write_text(json.dumps(table_json, indent=1), encoding="utf-8")
+    width = max(len(r[0]) for r in rows + per_class) + 2
+    text = ["Run A against run B", ""]
+    text += [f"  {r[0]:<{width}} {r[1]:>28}  {r[2]:>28}  {r[3]:>12}" for r in rows]
+    text += ["", "  per class"] + [f"  {r[0]:<{width}} {r[1]:>28}  {r[2]:>28}  {r[3]:>12}" for r in per_class]
+    text += ["", f"  written to {out_dir / 'diff.md'} and diff.json"]
+    return "\n".join(text), out_dir
+
+
+def _delta(new, old):
+    return None if new is None or old is None else new - old

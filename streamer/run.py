@@ -1,194 +1,40 @@
-"""One-command evaluation: broker + managed server + streamer + collector + report."""
+"""The evaluation run: broker + managed server + streamer + collector + report, in one command."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from broker import wire
-from broker.emulator import die_with_parent
 from broker.errors import BrokerError
-from broker.pubsub import (
-    Publisher,
-    PublishSettings,
-    Puller,
-    Topology,
-    broker_session,
-    check_reachable,
-    ensure_topology,
-    pull_all,
-)
-from configs import load_config
-from streamer.collector import Collector
-from streamer.stream import make_publisher, publish_dataset, request_for
-from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
-from train.data import FASHION_MNIST_CLASSES, DatasetError, load_fashion_mnist, load_image
+from broker.pubsub import BulkPublisher, Topology, broker_session, ensure_topology, pull_all
+from configs import from_args
+from streamer.collector import Collector, ResultPump
+from streamer.datasets import load_dataset
+from streamer.stream import publish_dataset
+from streamer.supervise import ManagedServer, RunError, Watch, close_within, managed_server, server_flags
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata
+from train.data import Dataset, DatasetError
+from train.evaluate import evaluate_model
 
 log = logging.getLogger("streamer")
-REPO = Path(__file__).resolve().parent.parent
 
 
-class RunError(Exception):
-    """A run could not complete; one clear line for the user."""
-
-
-def topology_from(config, project: str, suffix: str = "") -> Topology:
-    return Topology.from_names(project, config.broker, suffix)
-
-
-# --------------------------------------------------------------- server child
-class ManagedServer:
-    """The `python -m server` child of a run: its process and the file its log goes to."""
-
-    def __init__(self, proc: subprocess.Popen, log_path: Path):
-        self.proc, self.log_path = proc, log_path
-
-    def last_log_line(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-            if lines:
-                return lines[-1]
-        return "(no output)"
-
-
-@contextlib.contextmanager
-def managed_server(args, replicas: int, ready_timeout: float = 180.0) -> Iterator[ManagedServer]:
-    """Start `python -m server` (N replicas) as a child, wait for every 'server ready', always stop it.
-
-    A graceful stop (SIGTERM: drain) normally; a short one when the broker is gone, since
-    nothing could be published or acknowledged any more.
-    """
-    cmd = [sys.executable, "-m", "server", "--replicas", str(replicas)]
-    for flag in ("config", "model", "topic_suffix", "project"):
-        if getattr(args, flag, None):
-            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if getattr(args, "server_args", None):
-        cmd += args.server_args
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{os.getpid()}.log"
-    with open(log_path, "wb") as server_log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=server_log,
-            text=True,
-            cwd=REPO,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+def open_collector(run_id: str, labels, class_names, state_file: str | None, model: str | None) -> Collector:
     try:
-        wait_ready(proc, replicas, ready_timeout, log_path)
-        yield ManagedServer(proc, log_path)
-    except BrokerError:
-        stop_process(proc, timeout=5.0)
-        raise
-    finally:
-        stop_process(proc)
-
-
-def wait_ready(proc: subprocess.Popen, replicas: int, timeout: float, log_path: Path) -> None:
-    ready = threading.Semaphore(0)
-
-    def read_stdout() -> None:
-        for line in proc.stdout:
-            if line.startswith("server ready"):
-                log.info(line.strip())
-                ready.release()
-
-    threading.Thread(target=read_stdout, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    for _ in range(replicas):
-        while not ready.acquire(timeout=0.2):
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-                raise RunError(f"the server exited during start-up (code {proc.returncode}): {tail[0]}")
-            if time.monotonic() > deadline:
-                raise RunError(f"the server was not ready within {timeout:.0f}s (log: {log_path})")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
-    """SIGTERM (graceful drain), then SIGKILL the group if it does not exit in time (idempotent)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.error("server did not stop within %.0fs; killing it", timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(5)
-    return proc.returncode
-
-
-# ------------------------------------------------------------------ the run
-class Watch:
-    """While results are awaited: notice that the managed server exited or the broker went away.
-
-    The broker probe (`check_reachable`, the same check as at start-up) runs in a daemon
-    thread every `period` seconds, so a slow or hanging call never blocks the event loop.
-    """
-
-    def __init__(self, project: str | None, server: ManagedServer | None = None, period: float = 3.0):
-        self.project, self.server, self.period = project, server, period
-        self.next_probe = time.monotonic() + period
-        self.probe: concurrent.futures.Future | None = None
-
-    def check(self) -> None:
-        if self.server is not None and (code := self.server.proc.poll()) is not None:
-            raise RunError(f"the server exited mid-run (code {code}): {self.server.last_log_line()}")
-        if self.probe is not None and self.probe.done():
-            err, self.probe = self.probe.exception(), None
-            if err is not None:
-                raise BrokerError(f"lost the broker mid-run: {str(err).splitlines()[0]}")
-        if self.project is not None and self.probe is None and time.monotonic() >= self.next_probe:
-            self.next_probe = time.monotonic() + self.period
-            self.probe = in_daemon_thread(check_reachable, self.project, 10.0)
-
-
-def in_daemon_thread(fn, *args) -> concurrent.futures.Future:
-    """Run fn(*args) in a daemon thread (never joined at exit, so it cannot hold the process up)."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def target() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as err:  # handed to whoever reads the future
-            future.set_exception(err)
-
-    threading.Thread(target=target, name=getattr(fn, "__name__", "worker"), daemon=True).start()
-    return future
-
-
-def close_within(close, timeout: float, what: str) -> None:
-    """Call close() but give up after `timeout` s: a client stuck on a dead broker must not hang the exit."""
-    done = in_daemon_thread(close)
-    try:
-        done.result(timeout)
-    except concurrent.futures.TimeoutError:
-        log.warning("%s did not close within %.0fs; leaving it behind", what, timeout)
-    except Exception as err:
-        log.warning("closing %s failed: %s", what, err)
-
-
-def open_collector(run_id: str, labels, class_names, state_file: str | None) -> Collector:
-    try:
-        return Collector(run_id, labels, class_names, state_file)
+        return Collector(run_id, labels, class_names, state_file, model)
     except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
         raise RunError(f"cannot resume from state file {state_file}: {err}") from None
 
@@ -206,19 +52,32 @@ PUBLISH_GRACE_S = 30.0  # > BulkPublisher's retry budget for one batch
 
 
 async def stream_and_collect(
-    args, config, topo: Topology, run_id: str, server: ManagedServer | None = None, publish: bool = True
-) -> dict:
-    """Publish the test set (unless publish=False: collect only), collect every result, return the summary."""
+    args,
+    config,
+    topo: Topology,
+    run_id: str,
+    data: Dataset,
+    models: list[str | None],
+    servers: list[ManagedServer] = (),
+    publish: bool = True,
+) -> list[dict]:
+    """Publish `data` (unless publish=False: collect only), collect every result, return one summary per model.
+
+    `models` are the identities whose results are kept apart (one per compared model; [None] takes any).
+    """
     s = config.streamer
-    data = load_fashion_mnist("test", s.limit or None)
     content_type = wire.PNG if s.content_type == "png" else wire.RAW
-    collector = open_collector(run_id, data.labels, list(data.class_names), config.collector.state_file or None)
-    if publish and collector.count_answered():
+    state_file = config.collector.state_file or None
+    collectors = [
+        open_collector(run_id, data.labels, list(data.class_names), state_file if i == 0 else None, model)
+        for i, model in enumerate(models)
+    ]
+    if publish and collectors[0].count_answered():
         log.warning(
             "state file %s already holds %d results of run %s: publishing every request again "
             "(repeats are counted as duplicates); use --collect-only to only collect the rest",
-            config.collector.state_file,
-            collector.count_answered(),
+            state_file,
+            collectors[0].count_answered(),
             run_id,
         )
     stop = asyncio.Event()  # the user interrupted
@@ -229,22 +88,34 @@ async def stream_and_collect(
     published_bar = (
         tqdm(total=len(data), desc="published", unit="img", position=0, dynamic_ncols=True) if publish else None
     )
-    received_bar = tqdm(total=len(data), desc="received ", unit="img", position=1, dynamic_ncols=True)
-    received_bar.update(collector.count_answered())
-    collector.on_progress = received_bar.update
-    subscription = collector.subscribe(topo.results_subscription_path)
-    publisher = make_publisher(topo.requests_topic_path) if publish else None
+    bars = []
+    for i, collector in enumerate(collectors):
+        name = "received " if len(collectors) == 1 else f"model {'AB'[i]}  "
+        bar = tqdm(total=len(data), desc=name, unit="img", position=1 + i, dynamic_ncols=True)
+        bar.update(collector.count_answered())
+        collector.on_progress = bar.update
+        bars.append(bar)
+    pump = ResultPump(collectors, topo.results_subscription_path)
+    publisher = BulkPublisher(topo.requests_topic_path) if publish else None
     started = time.time()
     sent_s = publishing = None
     try:
         if publish:
             publishing = asyncio.create_task(
                 publish_dataset(
-                    publisher, data.images, run_id, s.rate, s.streams, content_type, published_bar.update, publish_stop
+                    publisher,
+                    data.images,
+                    run_id,
+                    s.rate,
+                    s.streams,
+                    content_type,
+                    published_bar.update,
+                    publish_stop,
+                    files=data.files,
                 )
             )
-        watch = Watch(topo.project, server)
-        sent_s = await wait_for_results(collector, publishing, subscription, stop, config.collector, args, watch)
+        watch = Watch(topo.project, servers)
+        sent_s = await wait_for_results(collectors, bars, publishing, pump, stop, config.collector, watch)
     finally:
         publish_stop.set()
         if publishing is not None and not publishing.done():
@@ -254,21 +125,20 @@ async def stream_and_collect(
             if not publishing.done():
                 publishing.cancel()
             await asyncio.gather(publishing, return_exceptions=True)
-        if published_bar is not None:
-            published_bar.close()
-        received_bar.close()
+        for bar in [published_bar, *bars]:
+            if bar is not None:
+                bar.close()
         if publisher is not None:
             close_within(publisher.close, 10.0, "the request publisher")
-        if config.collector.state_file:
-            collector.flush_state()  # persist and ack what arrived, while the subscription can still ack
-        close_within(subscription.close, 15.0, "the results subscription")
-        if config.collector.state_file:
-            collector.flush_state()  # and whatever arrived while closing (redelivered later: a duplicate)
+        if state_file:
+            collectors[0].flush_state()  # persist and ack what arrived, while the subscription can still ack
+        close_within(pump.close, 15.0, "the results subscription")
+        if state_file:
+            collectors[0].flush_state()  # and whatever arrived while closing (redelivered later: a duplicate)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     finished = time.time()
     dead = len(pull_all(topo.dead_letter_subscription_path, timeout=1.0))
-    achieved = _achieved_rate(sent_s)
     run = {
         "run_id": run_id,
         "mode": "stream" if publish else "collect-only",
@@ -276,11 +146,12 @@ async def stream_and_collect(
         "finished_at": _iso(finished),
         "wall_s": round(finished - started, 2),
         "rate_target": s.rate if publish else None,
-        "rate_achieved": achieved,
+        "rate_achieved": _achieved_rate(sent_s),
         "streams": s.streams,
         "limit": len(data),
+        "dataset": s.dataset,
         "replicas": config.server.replicas,
-        "server_mode": args.server,
+        "server_mode": args.server_mode,
         "content_type": s.content_type,
         "broker": f"emulator {os.environ['PUBSUB_EMULATOR_HOST']}"
         if os.environ.get("PUBSUB_EMULATOR_HOST")
@@ -288,11 +159,17 @@ async def stream_and_collect(
         "versions": _versions(),
         "interrupted": stop.is_set(),
     }
-    return collector.summary(run, sent_s, dead_lettered=dead)
+    return [collector.summary(run, sent_s, dead_lettered=dead) for collector in collectors]
 
 
 async def wait_for_results(
-    collector: Collector, publishing: asyncio.Task | None, subscription, stop: asyncio.Event, cfg, args, watch=None
+    collectors: list[Collector],
+    bars: list,
+    publishing: asyncio.Task | None,
+    subscription,
+    stop: asyncio.Event,
+    cfg,
+    watch=None,
 ):
     """Until every request is answered, the timeout expires, or the user interrupts.
 
@@ -300,23 +177,30 @@ async def wait_for_results(
     subscription dies, the managed server exits or the broker stops answering.
     """
     deadline = time.monotonic() + cfg.timeout_s
-    last_progress, last_count = time.monotonic(), -1
+    last_progress, last_count, next_postfix = time.monotonic(), -1, 0.0
     sent_s, published = None, publishing is None
+    total = sum(len(c.labels) for c in collectors)
     while not stop.is_set():
         if not published and publishing.done():
             sent_s, published = _published(publishing), True
-        if collector.done.is_set():
+        if all(c.done.is_set() for c in collectors):
             break
         if (err := subscription.error()) is not None:
             raise BrokerError(f"the results subscription failed: {str(err).splitlines()[0]}")
         if watch is not None:
             watch.check()
-        count = collector.count_answered()
-        if count != last_count:
-            last_progress, last_count = time.monotonic(), count
+        count = sum(c.count_answered() for c in collectors)
         now = time.monotonic()
+        if count != last_count:
+            last_progress, last_count = now, count
+        if now >= next_postfix:  # running accuracy and p50 on each bar, twice a second
+            next_postfix = now + 0.5
+            for collector, bar in zip(collectors, bars):
+                accuracy, p50 = collector.running_stats()
+                if accuracy is not None:
+                    bar.set_postfix_str(f"acc {accuracy:.2%}, p50 {p50:.0f} ms" if p50 else f"acc {accuracy:.2%}")
         if now > deadline or (published and now - last_progress > cfg.idle_timeout_s):
-            log.warning("timed out waiting for results (%d/%d answered)", count, len(collector.labels))
+            log.warning("timed out waiting for results (%d/%d answered)", count, total)
             break
         await asyncio.sleep(0.05)
     if not published and publishing.done():
@@ -350,125 +234,124 @@ def _versions() -> dict:
     return {name: version(name) for name in ("jax", "flax", "google-cloud-pubsub", "numpy")}
 
 
-def verify_offline(summary: dict, model_dir) -> dict:
-    """Compare every streamed prediction with an offline pass over the same checkpoint.
+def verify_offline(summary: dict, model_dir, data: Dataset) -> dict:
+    """Compare every streamed prediction with `python -m train.evaluate` on the same checkpoint and images.
 
-    The offline pass is `python -m train.evaluate`'s: same loader, same jitted
-    function, same batch size (train.model.predict_in_batches), no broker.
+    Same loader, same predict function, same batch size; no broker.
     """
-    from train.checkpoint import load_model
-    from train.model import make_predict_fn, predict_in_batches
-
-    model, meta = load_model(model_dir)
-    predict, state = make_predict_fn(model)
-    test = load_fashion_mnist("test", summary["run"]["limit"])
-    offline = predict_in_batches(predict, state, test.images, meta.get("eval_batch_size", 1000)).argmax(-1)
+    offline = evaluate_model(model_dir, dataset=data)
+    predictions = offline["predictions"]
     streamed = {p["index"]: p["prediction"] for p in summary["predictions"]}
-    mismatches = [i for i, pred in streamed.items() if offline[i] != pred]
+    mismatches = [i for i, pred in streamed.items() if predictions[i] != pred]
     return {
-        "model": meta["checkpoint_sha256"][:16],
-        "offline_accuracy": float((offline == test.labels).mean()),
+        "model": offline["model_digest"][:16],
+        "offline_accuracy": offline["accuracy"],
         "compared": len(streamed),
         "agree": len(streamed) - len(mismatches),
         "mismatches": mismatches[:100],
-        "identical": not mismatches and len(streamed) == len(offline),
+        "identical": not mismatches and len(streamed) == len(predictions),
     }
+
+
+def load_models(config, compare: str | None) -> tuple[list[str], list[dict]]:
+    """The model folder(s) of this run and their metadata; two models must be comparable."""
+    dirs = [str(config.model_dir or DEFAULT_MODEL_DIR)] + ([compare] if compare else [])
+    metas = [load_metadata(d) for d in dirs]
+    if compare:
+        a, b = metas
+        if a["checkpoint_sha256"] == b["checkpoint_sha256"]:
+            raise RunError(f"--compare {compare} is the same checkpoint as {dirs[0]}")
+        for key in ("class_names", "input_shape"):
+            if list(a[key]) != list(b[key]):
+                raise RunError(f"the two models differ in {key}: {a[key]} vs {b[key]}")
+    return dirs, metas
+
+
+def compare_topology(project: str, config, suffix: str) -> Topology:
+    """The second model's own subscription on the same request topic: both see every request."""
+    names = {**config.broker.to_dict(), "requests_subscription": config.broker.requests_subscription + "-compare"}
+    return Topology.from_names(project, names, suffix)
 
 
 # -------------------------------------------------------------- entry points
 def run(args, config) -> int:
     """The whole evaluation (or, with --collect-only, the collecting half of one); returns the exit code."""
+    from streamer.compare import compare_summaries
     from streamer.report import render_terminal, write_report
 
-    collect_only = getattr(args, "collect_only", False)
+    collect_only = args.collect_only
     if collect_only:
         if not args.run_id:
             raise RunError("--collect-only needs the --run-id of the run whose results to collect")
-        if getattr(args, "limit", None) is None and (n := state_file_size(config.collector.state_file)):
+        if not config.streamer.limit and (n := state_file_size(config.collector.state_file)):
             config.streamer.limit = n  # the run's size, as recorded in its state file
+    dirs, metas = load_models(config, args.compare)
+    data = load_dataset(config.streamer.dataset, metas[0], config.streamer.limit or None)  # before anything starts
     run_id = args.run_id or uuid.uuid4().hex[:8]
-    with broker_session(config.broker.project or None) as project:
-        topo = topology_from(config, project, args.topic_suffix)
-        ensure_topology(topo)
-        with (
-            managed_server(args, config.server.replicas)
-            if args.server == "managed"
-            else contextlib.nullcontext() as server
-        ):
-            summary = asyncio.run(stream_and_collect(args, config, topo, run_id, server, publish=not collect_only))
-    model_dir = config.model_dir or DEFAULT_MODEL_DIR
-    if args.verify and summary["counts"]["answered"]:
-        summary["offline"] = verify_offline(summary, model_dir)
-    out_dir = Path(config.collector.reports_dir) / (time.strftime("%Y%m%d-%H%M%S") + f"-{run_id}")
-    write_report(summary, out_dir)
-    print(render_terminal(summary, out_dir))
-    complete = summary["counts"]["missing"] == 0 and not summary["run"]["interrupted"]
-    return 0 if complete else 1
-
-
-def run_single(args, config) -> int:
-    """Send one image through the broker and print its predicted label and confidence."""
-    if args.image:
-        payload = Path(args.image).read_bytes() if Path(args.image).is_file() else None
-        if payload is None:
-            raise RunError(f"{args.image}: file not found")
-        load_image(payload, (28, 28, 1))  # fail here, clearly, on a non-image
-        content_type = wire.JPEG if payload[:2] == b"\xff\xd8" else wire.PNG
-        truth = None
-    else:
-        test = load_fashion_mnist("test")
-        if not 0 <= args.index < len(test):
-            raise RunError(f"--index {args.index} is outside the test set (0..{len(test) - 1})")
-        payload, content_type, truth = test.images[args.index], wire.RAW, FASHION_MNIST_CLASSES[test.labels[args.index]]
-    run_id = uuid.uuid4().hex[:8]
-    with broker_session(config.broker.project or None) as project:
-        topo = topology_from(config, project, args.topic_suffix)
-        ensure_topology(topo)
-        with managed_server(args, 1) if args.server == "managed" else contextlib.nullcontext():
-            result = send_one(topo, payload, content_type, run_id, config.collector.timeout_s)
-    if "error" in result:
-        print(f"error result: {result['error']}: {result.get('detail', '')}")
-        return 1
-    extra = f"  (true: {truth})" if truth else ""
-    print(
-        f"label {result['label']} {result['class_name']!r} confidence {result['confidence']:.2%}{extra}  "
-        f"[model {result.get('model', '?')}, round trip {result['round_trip_ms']:.1f} ms]"
-    )
-    return 0
-
-
-def send_one(topo: Topology, payload, content_type: str, run_id: str, timeout: float) -> dict:
-    publisher = Publisher(topo.requests_topic_path, PublishSettings(max_messages=1, max_latency_s=0.0))
-    puller = Puller(topo.results_subscription_path)
-    request_id = f"{run_id}-0"
-    try:
-        data, attributes = (
-            request_for(0, payload, run_id, 1, content_type)
-            if content_type == wire.RAW
-            else wire.encode_request(payload, request_id, stream="0", seq=0, content_type=content_type)
+    identities = [meta["checkpoint_sha256"][:16] for meta in metas] if args.compare else [None]
+    with broker_session(config.broker.project or None) as project, contextlib.ExitStack() as stack:
+        topo = Topology.from_names(project, config.broker, args.topic_suffix)
+        topologies = [topo] + ([compare_topology(project, config, args.topic_suffix)] if args.compare else [])
+        servers = []
+        for model_dir, model_topo in zip(dirs, topologies):
+            ensure_topology(model_topo)
+            if args.server_mode == "managed":
+                flags = {**server_flags(args, config), "model": model_dir}
+                if model_topo is not topo:
+                    flags["subscription"] = config.broker.requests_subscription + "-compare"
+                servers.append(stack.enter_context(managed_server(flags, config.server.replicas)))
+        summaries = asyncio.run(
+            stream_and_collect(args, config, topo, run_id, data, identities, servers, publish=not collect_only)
         )
-        sent = time.monotonic()
-        publisher.publish(data, attributes["stream"], **attributes).result(timeout=30)  # BLOCK flow control, 1 msg
-        deadline = sent + timeout
-        while time.monotonic() < deadline:
-            for message in puller.pull(timeout=2.0):
-                model, results = wire.decode_results(message.data)
-                mine = [r for r in results if r.get("request_id") == request_id]
-                if mine:
-                    puller.ack([message.ack_id])
-                    return {**mine[0], "model": model, "round_trip_ms": (time.monotonic() - sent) * 1000}
-                puller.nack([message.ack_id])  # someone else's result: leave it for them
-        raise RunError(f"no result for {request_id} within {timeout:.0f}s")
-    finally:
-        publisher.close()
-        puller.close()
+    for summary, model_dir in zip(summaries, dirs):
+        summary["model"]["dir"] = model_dir
+        if args.verify and summary["counts"]["answered"]:
+            summary["offline"] = verify_offline(summary, model_dir, data)
+    summary = summaries[0]
+    if args.compare:
+        summary["compare"] = compare_summaries(summaries[0], summaries[1])
+    out_dir = Path(config.collector.reports_dir) / (time.strftime("%Y%m%d-%H%M%S") + f"-{run_id}")
+    write_report(summary, out_dir, images=data.images)
+    print(render_terminal(summary, out_dir))
+    code, verdict = run_verdict(summary)
+    if args.compare and code == EXIT_OK:
+        code, verdict = run_verdict(summary["compare"]["b"])
+        verdict = f"model B: {verdict}" if code else verdict
+    print(verdict, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+# The evaluator's exit status (README): 0 = every request answered with a prediction, identical to the
+# offline evaluation; 1 = some request got no result or an error result, or the run was interrupted;
+# 2 = it could not start (broker, model, dataset, flags); 3 = the streamed predictions differ from offline.
+EXIT_OK, EXIT_INCOMPLETE, EXIT_SETUP, EXIT_MISMATCH = 0, 1, 2, 3
+
+
+def run_verdict(summary: dict) -> tuple[int, str]:
+    """The exit code of a finished run and the one line that says why."""
+    counts, offline = summary["counts"], summary.get("offline")
+    if summary["run"]["interrupted"]:
+        return EXIT_INCOMPLETE, f"incomplete: interrupted with {counts['answered']}/{counts['sent']} answered"
+    if counts["missing"]:
+        return EXIT_INCOMPLETE, f"incomplete: {counts['missing']} of {counts['sent']} requests got no result"
+    if counts["request_errors"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["error_reasons"].items())
+        return EXIT_INCOMPLETE, f"failed: {counts['request_errors']} requests got an error result ({reasons})"
+    if offline is not None and not offline["identical"]:
+        differ = offline["compared"] - offline["agree"]
+        return EXIT_MISMATCH, f"mismatch: {differ} streamed predictions differ from the offline evaluation"
+    return EXIT_OK, f"ok: {counts['answered']}/{counts['sent']} answered" + (
+        ", identical to the offline evaluation" if offline else ""
+    )
 
 
 def main(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
-        config = apply_overrides(load_config(args.config, "stream.py"), args)
+        config = from_args(args, "stream.py")
         if args.index is not None or args.image:
+            from streamer.single import run_single
+
             return run_single(args, config)
         return run(args, config)
     except (BrokerError, DatasetError, ModelError, RunError, FileNotFoundError) as err:
@@ -477,23 +360,3 @@ def main(args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def apply_overrides(config, args):
-    for flag, section, key in (
-        ("rate", "streamer", "rate"),
-        ("streams", "streamer", "streams"),
-        ("limit", "streamer", "limit"),
-        ("content_type", "streamer", "content_type"),
-        ("replicas", "server", "replicas"),
-        ("timeout", "collector", "timeout_s"),
-        ("reports_dir", "collector", "reports_dir"),
-        ("state_file", "collector", "state_file"),
-    ):
-        if getattr(args, flag, None) is not None:
-            config[section][key] = getattr(args, flag)
-    if args.project:
-        config.broker.project = args.project
-    if args.model:
-        config.model_dir = args.model
-    return config

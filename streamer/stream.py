@@ -13,6 +13,7 @@ import asyncio
 import io
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -28,10 +29,19 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def request_for(index: int, image: np.ndarray, run_id: str, streams: int, content_type: str) -> tuple[bytes, dict]:
-    """Image `index` goes on stream index % streams, as that stream's index // streams-th message."""
+def request_for(
+    index: int, image: np.ndarray, run_id: str, streams: int, content_type: str, file: str | None = None
+) -> tuple[bytes, dict]:
+    """Image `index` goes on stream index % streams, as that stream's index // streams-th message.
+
+    As a picture (content_type PNG), an image that came from a file is sent as that file's own
+    bytes (PNG or JPEG), so the server's decoding is part of what is evaluated.
+    """
     stream, seq = str(index % streams), index // streams
-    payload = png_bytes(image) if content_type == wire.PNG else image
+    payload = image
+    if content_type != wire.RAW:
+        payload = Path(file).read_bytes() if file else png_bytes(image)
+        content_type = wire.JPEG if payload[:2] == b"\xff\xd8" else wire.PNG
     return wire.encode_request(payload, f"{run_id}-{index}", stream=stream, seq=seq, content_type=content_type)
 
 
@@ -45,6 +55,7 @@ async def publish_dataset(
     on_published: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     max_batch: int = 1000,
+    files: tuple[str, ...] = (),
 ) -> np.ndarray:
     """Publish every image; returns the send time (time.time()) of each. Raises BrokerError on failure.
 
@@ -63,7 +74,7 @@ async def publish_dataset(
         end = min(due, i + max_batch)
         items = []
         for j in range(i, end):
-            data, attributes = request_for(j, images[j], run_id, streams, content_type)
+            data, attributes = request_for(j, images[j], run_id, streams, content_type, files[j] if files else None)
             sent_s[j] = int(attributes["sent_ns"]) / 1e9
             items.append((data, attributes, attributes["stream"]))
         if in_flight is not None:
@@ -77,7 +88,3 @@ async def publish_dataset(
     if in_flight is not None:
         await in_flight
     return sent_s
-
-
-def make_publisher(topic_path: str) -> BulkPublisher:
-    return BulkPublisher(topic_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from broker import wire
+from broker import process, wire
 from broker.emulator import Emulator
 from broker.pubsub import (
     EMULATOR_PROJECT,
@@ -26,6 +26,7 @@ from broker.pubsub import (
     delete_topology,
     ensure_topology,
 )
+from configs import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO / "models" / "fashion-mnist"
@@ -51,10 +52,15 @@ def suffix() -> str:
     return uuid.uuid4().hex[:10]
 
 
+def fresh_topology(suffix: str) -> Topology:
+    """configs/stream.py's topology, every name suffixed (fresh topics per test)."""
+    return Topology.from_names(EMULATOR_PROJECT, load_config(None, "stream.py").broker, suffix)
+
+
 @pytest.fixture
 def topology(emulator, suffix) -> Topology:
-    """A fresh set of topics/subscriptions (short ack deadline so redelivery tests stay quick)."""
-    topo = Topology(EMULATOR_PROJECT, max_delivery_attempts=5, ack_deadline_s=10).with_suffix(suffix)
+    """A fresh set of topics/subscriptions with the configured settings."""
+    topo = fresh_topology(suffix)
     ensure_topology(topo)
     yield topo
     delete_topology(topo)
@@ -101,32 +107,22 @@ class ServerProcess:
             *extra,
         ]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"test-server-{uuid.uuid4().hex[:8]}.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
-        )
-        self.ready_lines: list[str] = []
-        self._ready = threading.Semaphore(0)
-        threading.Thread(target=self._read, daemon=True).start()
+        self.proc = process.start(cmd, REPO, self.log_path)
+        self.ready = process.ReadyWatcher(self.proc, self.log_path)
         self.replicas = replicas
 
-    def _read(self) -> None:
-        with contextlib.suppress(ValueError, OSError):  # the pipe is closed by kill()
-            for line in self.proc.stdout:
-                if line.startswith("server ready"):
-                    self.ready_lines.append(line.strip())
-                    self._ready.release()
+    @property
+    def ready_lines(self) -> list[str]:
+        return self.ready.lines
 
     def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
-        deadline = time.monotonic() + timeout
-        for _ in range(self.replicas):
-            while not self._ready.acquire(timeout=0.2):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server not ready (code {self.proc.poll()}):\n{self.log_text()[-3000:]}")
+        try:
+            self.ready.wait(self.replicas, timeout)
+        except process.ProcessError as err:
+            raise AssertionError(f"{err}:\n{self.log_text()[-3000:]}") from None
         return self
 
     def log_text(self) -> str:
-        self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout: float = 40.0) -> int:
@@ -137,10 +133,7 @@ class ServerProcess:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        self.proc.stdout.close()
-        self.log.close()
+        process.stop_group(self.proc, timeout=10)
 
 
 @pytest.fixture

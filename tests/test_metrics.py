@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker import wire
 from broker.emulator import free_port
-from broker.pubsub import EMULATOR_PROJECT, Topology, delete_topology, ensure_topology
-from tests.conftest import ServerProcess, collect_results, publish_images, publish_messages
+from broker.pubsub import delete_topology, ensure_topology
+from tests.conftest import ServerProcess, collect_results, fresh_topology, publish_images, publish_messages
 
 pytestmark = pytest.mark.emulator
 
@@ -52,7 +52,7 @@ def run(emulator, model_dir, test_images):
     from train.checkpoint import load_metadata
 
     suffix = uuid.uuid4().hex[:10]
-    topo = Topology(EMULATOR_PROJECT, ack_deadline_s=10).with_suffix(suffix)
+    topo = fresh_topology(suffix)
     ensure_topology(topo)
     port = free_port()
     server = ServerProcess(suffix, model_dir, "--metrics-port", str(port))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from broker import wire
-from broker.pubsub import Publisher
+from broker.pubsub import BulkPublisher, Publisher
 from streamer.collector import Collector
-from streamer.stream import make_publisher, publish_dataset
+from streamer.stream import publish_dataset
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.emulator
@@ -72,7 +72,7 @@ def test_streamed_run_matches_offline_prediction_by_prediction(emulator, suffix,
 
 
 def test_rate_limiter_keeps_the_rate(emulator, topology, test_images):
-    publisher = make_publisher(topology.requests_topic_path)
+    publisher = BulkPublisher(topology.requests_topic_path)
     try:
         started = time.monotonic()
         sent = asyncio.run(publish_dataset(publisher, test_images.images[:400], "rate", 400.0, 4))
@@ -92,7 +92,7 @@ def test_single_image_mode(topology, start_server, suffix):
 
 
 def _result_message(run_id: str, i: int, stream: str, seq: int, label: int = 0) -> bytes:
-    result = wire.prediction(f"{run_id}-{i}", stream, seq, time.time_ns(), label, "x", 0.9, [[label, 0.9]], {})
+    result = wire.Prediction(f"{run_id}-{i}", stream, seq, time.time_ns(), label, "x", 0.9, [[label, 0.9]], {})
     return wire.encode_results([result], "test-model")[0]
 
 
@@ -108,7 +108,7 @@ def test_duplicate_result_is_counted_once(topology):
             _result_message("dup", 1, "0", 1),
         ):
             publisher.publish(data, "0").result(timeout=10)
-        assert collector.wait(30)
+        assert collector.done.wait(30)
         time.sleep(0.5)
     finally:
         publisher.close()
@@ -146,3 +146,64 @@ def test_missing_results_are_reported_after_the_timeout(emulator, suffix, tmp_pa
     _, report = load_report(tmp_path)
     assert report["counts"]["missing"] == 5 and len(report["missing"]) == 5
     assert "missing 5" in proc.stdout
+
+
+GARBAGE = [  # (data, attributes) published on the results topic while a run collects
+    (b"not json at all", {}),
+    (b"[1, 2, 3]", {}),
+    (b'{"model": 5, "results": []}', {}),
+    (b'{"model": "x", "results": {"a": 1}}', {}),
+    (b'{"model": "x", "results": [7, "s", null, []]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "RUN-0", "label": 99, "confidence": 0.5}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "RUN-1", "label": "3", "confidence": 0.5}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "RUN-2", "label": 1, "confidence": 7}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "RUN-3", "label": 1, "confidence": 0.5, "seq": "x"}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "RUN-4", "label": 1, "confidence": 0.5, "seq": 1e400}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "RUN-5", "label": 1, "confidence": 0.5, "timing": []}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": ["RUN-6"], "label": 1, "confidence": 0.5}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "other-run-1", "label": 1, "confidence": 0.5}]}', {}),
+    (b'{"model": "x", "results": [{"request_id": "other-run-2", "error": "empty"}]}', {}),
+    (
+        b'{"model": "x", "results": ['
+        + b'{"request_id": "other-run-3", "label": 1, "confidence": 0.5, "x": "'
+        + b"y" * 3_000_000
+        + b'"}]}',
+        {},
+    ),
+]
+INVALID = 15  # 4 bodies that are not result messages, 4 non-objects in one list, 7 results with bad fields
+
+
+@pytest.mark.timeout(240)
+def test_garbage_on_the_results_topic_is_counted_not_fatal(emulator, suffix, model_dir, start_server, tmp_path):
+    """Messages that are not ours or not valid are counted as stray or invalid; the run completes."""
+    import threading
+
+    from tests.conftest import fresh_topology
+
+    run_id = "garbagerun"
+    topo = fresh_topology(suffix)
+    start_server()
+    publisher = Publisher(topo.results_topic_path)
+
+    def publish_garbage() -> None:
+        time.sleep(2.0)  # while the run is collecting
+        for data, attributes in GARBAGE:
+            publisher.publish(data.replace(b"RUN", run_id.encode()), "g", **attributes).result(timeout=30)
+
+    thread = threading.Thread(target=publish_garbage, daemon=True)
+    thread.start()
+    proc = run_streamer(
+        "--server", "external", "--topic-suffix", suffix, "--limit", "400", "--rate", "100",
+        "--run-id", run_id, "--model", str(model_dir), "--reports-dir", str(tmp_path), timeout=200,
+    )  # fmt: skip
+    thread.join(30)
+    publisher.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, report = load_report(tmp_path)
+    counts = report["counts"]
+    assert counts["answered"] == counts["sent"] == 400 and counts["missing"] == 0
+    assert counts["invalid"] == INVALID and counts["stray"] == 3  # two foreign ids and the 3 MB one
+    assert report["offline"]["identical"] is True
+    # Logged once per kind, not once per message.
+    assert proc.stderr.count("invalid result on the results topic") <= INVALID

@@ -90,7 +90,8 @@ def test_train_on_image_folder_then_predict(tmp_path):
     assert meta["dataset"] == "shapes"
     assert meta["class_names"] == list(SHAPE_CLASSES)
     assert meta["input_shape"] == [16, 16, 1]
-    assert meta["train_images"] == 48 and meta["test_images"] == 12  # 60 images, test_fraction 0.2
+    # 60 images: test_fraction 0.2 holds out 12; validation_size 0.1 of the other 48 holds out 5 more.
+    assert meta["train_images"] == 43 and meta["test_images"] == 12 and meta["validation"]["images"] == 5
     assert meta["checkpoint_sha256"] == checkpoint_digest(workdir / "checkpoint")
 
     picture = images / "circle" / "003.png"
@@ -140,4 +141,5 @@ def test_too_few_images_for_a_batch_is_one_line_error(tmp_path):
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines() == ["error: 5 training images is fewer than one batch of 32"]
+    # 6 pictures: 1 held out for testing, 1 of the other 5 for validation (smoke's validation_size 0.1)
+    assert proc.stderr.splitlines() == ["error: 4 training images is fewer than one batch of 32"]

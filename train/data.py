@@ -75,9 +75,15 @@ class Dataset:
     labels: np.ndarray
     class_names: tuple[str, ...]
     name: str
+    files: tuple[str, ...] = ()  # for image folders: the picture behind each image, in order
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, index) -> Dataset:
+        """The images at `index` (an array of positions or a slice), with their labels and files."""
+        files = tuple(np.asarray(self.files, dtype=object)[index]) if self.files else ()
+        return dataclasses.replace(self, images=self.images[index], labels=self.labels[index], files=files)
 
 
 # ---------------------------------------------------------------- IDX parsing
@@ -215,7 +221,7 @@ def load_fashion_mnist(split: str = "test", limit: int | None = None) -> Dataset
 def take(ds: Dataset, limit: int | None) -> Dataset:
     if limit is None or limit >= len(ds):
         return ds
-    return dataclasses.replace(ds, images=ds.images[:limit], labels=ds.labels[:limit])
+    return ds.subset(slice(0, limit))
 
 
 # ------------------------------------------------------------- image folders
@@ -284,7 +290,7 @@ def load_image_folder(
     names = tuple(class_names) if class_names else tuple(p.name for p in folders)
     if not folders:
         raise DatasetError(f"{root}: no class subfolders (expected root/<class>/*.png)")
-    images, labels = [], []
+    images, labels, files = [], [], []
     for folder in folders:
         if folder.name not in names:
             raise DatasetError(f"{folder}: folder is not one of the configured classes {names}")
@@ -292,14 +298,14 @@ def load_image_folder(
             if file.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(load_image(file, shape))
                 labels.append(names.index(folder.name))
+                files.append(str(file))
     if not images:
         raise DatasetError(f"{root}: no PNG/JPEG images found in the class folders")
-    return Dataset(np.stack(images), np.asarray(labels, np.int32), names, root.name)
+    return Dataset(np.stack(images), np.asarray(labels, np.int32), names, root.name, tuple(files))
 
 
 def split_dataset(ds: Dataset, test_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Deterministic stratification-free shuffle split (for folders without a test split)."""
     order = np.random.default_rng(seed).permutation(len(ds))
     n_test = max(1, int(round(len(ds) * test_fraction)))
-    pick = lambda idx: dataclasses.replace(ds, images=ds.images[idx], labels=ds.labels[idx])  # noqa: E731
-    return pick(order[n_test:]), pick(order[:n_test])
+    return ds.subset(order[n_test:]), ds.subset(order[:n_test])

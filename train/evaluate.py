@@ -16,20 +16,37 @@ from pathlib import Path
 
 import numpy as np
 
-from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_model
+from train.calibration import calibration_report
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
 from train.data import DatasetError, load_fashion_mnist, take
-from train.model import make_predict_fn, predict_in_batches
-from train.train import accuracy_report
+from train.model import predict_in_batches
+from train.predictor import load_predictor
 
 
-def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None = None) -> dict:
-    """Accuracy, per-class accuracy and per-image predictions of the model on the test split."""
-    model, meta = load_model(model_dir)
-    test = take(load_fashion_mnist("test"), limit)
-    predict, state = make_predict_fn(model)
-    probs = predict_in_batches(predict, state, test.images, meta.get("eval_batch_size", 1000))
+def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names) -> dict:
+    """Overall and per-class accuracy (None for a class with no images)."""
+    preds = probs.argmax(-1)
+    per_class = {
+        name: float((preds[labels == i] == i).mean()) if (labels == i).any() else None
+        for i, name in enumerate(class_names)
+    }
+    return {"accuracy": float((preds == labels).mean()), "per_class_accuracy": per_class, "n": int(len(labels))}
+
+
+def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None = None, dataset=None) -> dict:
+    """Accuracy, per-class accuracy, calibration and per-image predictions of the model.
+
+    On `dataset` (a train.data.Dataset) when given, else on Fashion-MNIST's test split; only
+    its first `limit` images when a limit is given.
+    """
+    predictor = load_predictor(model_dir)
+    meta = predictor.meta
+    test = take(dataset if dataset is not None else load_fashion_mnist("test"), limit)
+    probs = predict_in_batches(predictor.predict, predictor.state, test.images, meta.get("eval_batch_size", 1000))
     report = accuracy_report(probs, test.labels, meta["class_names"])
     report.update(
+        calibration=calibration_report(probs, test.labels),
+        metadata_calibration=meta.get("test_calibration", {}).get("after_scaling"),
         predictions=probs.argmax(-1),
         confidences=probs.max(-1),
         labels=test.labels,
@@ -54,8 +71,17 @@ def print_report(report: dict) -> None:
     for name, acc in report["per_class_accuracy"].items():
         print(f"  {name:<12} {acc:7.2%}" if acc is not None else f"  {name:<12}     n/a (no test images)")
     print(f"accuracy {report['accuracy']:.4%} ({int(round(report['accuracy'] * report['n']))}/{report['n']})")
+    cal = report["calibration"]
+    print(
+        f"calibration: ECE {cal['ece']:.2%} (15 bins), max bin gap {cal['max_gap']:.2%}, "
+        f"mean confidence {cal['mean_confidence']:.2%} vs accuracy {cal['accuracy']:.2%}, "
+        f"NLL {cal['nll']:.4f}, Brier {cal['brier']:.4f}"
+    )
     if report["n"] == 10000:
-        same = np.isclose(report["accuracy"], report["metadata_accuracy"], rtol=0, atol=1e-12)
+        same = report["accuracy"] == report["metadata_accuracy"]
+        meta_cal = report["metadata_calibration"]
+        if meta_cal is not None:
+            same = same and cal["ece"] == meta_cal["ece"]
         print("matches metadata.json" if same else f"DIFFERS from metadata.json ({report['metadata_accuracy']:.4%})")
 
 

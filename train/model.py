@@ -81,18 +81,24 @@ def count_params(model: nnx.Module) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def make_predict_fn(model: CNN) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
+def make_predict_fn(
+    model: CNN, temperature: float = 1.0
+) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
     """Split an eval-mode model once and return (jitted predict(state, uint8) -> probs, state).
 
-    A plain `jax.jit` over the split state avoids nnx.jit's per-call Python
-    graph traversal, which matters on the serving hot path.
+    The one predict function: training's evaluation, `train.evaluate`, `train.predict` and the
+    server all call it, so they agree bit for bit. `temperature` (fitted on validation data,
+    stored in metadata.json) divides the logits; it changes confidences, never the argmax.
+    A plain `jax.jit` over the split state avoids nnx.jit's per-call Python graph traversal,
+    which matters on the serving hot path.
     """
     model.eval()
     graphdef, state = nnx.split(model)
+    inv_t = 1.0 / float(temperature)
 
     @jax.jit
     def predict(state: nnx.State, images: jax.Array) -> jax.Array:
-        return jax.nn.softmax(nnx.merge(graphdef, state)(images), axis=-1)
+        return jax.nn.softmax(nnx.merge(graphdef, state)(images) * inv_t, axis=-1)
 
     return predict, state
 
@@ -110,3 +116,9 @@ def predict_in_batches(predict, state: nnx.State, images: np.ndarray, batch_size
         padded[: len(chunk)] = chunk
         out.append(np.asarray(predict(state, padded))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most likely classes of each row and their probabilities, best first: (labels, probs)."""
+    labels = np.argsort(-probs, axis=-1)[..., :k]
+    return labels, np.take_along_axis(probs, labels, axis=-1)

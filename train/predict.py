@@ -14,29 +14,26 @@ import sys
 
 import numpy as np
 
-from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_model
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata
 from train.data import DatasetError, load_fashion_mnist, load_image
-from train.model import make_predict_fn
+from train.model import top_k
+from train.predictor import load_predictor
 
 
-def predict_images(images: np.ndarray, model_dir=DEFAULT_MODEL_DIR, top_k: int = 3) -> list[dict]:
+def predict_images(images: np.ndarray, model_dir=DEFAULT_MODEL_DIR, k: int = 3) -> list[dict]:
     """Label, class name, confidence and top-k for each uint8 (H, W, C) image."""
-    model, meta = load_model(model_dir)
-    predict, state = make_predict_fn(model)
-    probs = np.asarray(predict(state, images))
-    names = meta["class_names"]
-    results = []
-    for p in probs:
-        order = np.argsort(-p)[:top_k]
-        results.append(
-            {
-                "label": int(order[0]),
-                "class_name": names[order[0]],
-                "confidence": float(p[order[0]]),
-                "top_k": [{"label": int(i), "class_name": names[i], "confidence": float(p[i])} for i in order],
-            }
-        )
-    return results
+    predictor = load_predictor(model_dir)
+    names = predictor.meta["class_names"]
+    labels, probs = top_k(predictor(images), k)
+    return [
+        {
+            "label": int(row[0]),
+            "class_name": names[row[0]],
+            "confidence": float(p[0]),
+            "top_k": [{"label": int(i), "class_name": names[i], "confidence": float(c)} for i, c in zip(row, p)],
+        }
+        for row, p in zip(labels, probs)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.images and not args.index:
         parser.error("give IMAGE files or --index N")
     try:
-        from train.checkpoint import load_metadata
-
         shape = tuple(load_metadata(args.model)["input_shape"])
         names, arrays, truth = [], [], []
         for path in args.images:

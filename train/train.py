@@ -15,14 +15,18 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from train import calibration
 from train import data as data_lib
 from train.checkpoint import save_model
-from train.model import CNN, build_model, count_params, predict_in_batches
+from train.evaluate import accuracy_report
+from train.model import CNN, build_model, count_params, make_predict_fn, predict_in_batches
 
 
 # ----------------------------------------------------------------- data
-def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-    """The (train, test) pair the config names, shrunk by train_limit/test_limit."""
+def load_datasets(
+    config: ml_collections.ConfigDict,
+) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset]:
+    """The (train, validation, test) splits the config names, shrunk by train_limit/test_limit."""
     names = tuple(config.class_names) or None
     if config.dataset == "fashion_mnist":
         train_ds, test_ds = data_lib.load_fashion_mnist("train"), data_lib.load_fashion_mnist("test")
@@ -38,10 +42,27 @@ def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.Dataset, 
             train_ds, test_ds = data_lib.split_dataset(train_ds, config.test_fraction, config.seed)
     else:
         raise data_lib.DatasetError(f"unknown dataset {config.dataset!r}: use fashion_mnist, idx or folder")
+    train_ds, val_ds = split_validation(train_ds, config.validation_size, config.seed)
     return (
         data_lib.take(train_ds, config.train_limit or None),
+        val_ds,
         data_lib.take(test_ds, config.test_limit or None),
     )
+
+
+def split_validation(ds: data_lib.Dataset, size: float, seed: int) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+    """Hold out a fixed, seeded validation set: `size` images (>= 1) or that fraction (< 1).
+
+    It chooses the checkpoint and fits the temperature, so the test set is used once, at the end.
+    """
+    n_val = int(size) if size >= 1 else max(1, int(round(len(ds) * size)))
+    if not 0 < n_val <= len(ds) // 2:
+        raise data_lib.DatasetError(
+            f"validation_size={size} gives {n_val} of {len(ds)} training images; "
+            "use a fraction such as --config.validation_size=0.1"
+        )
+    order = np.random.default_rng([seed, 1]).permutation(len(ds))
+    return ds.subset(np.sort(order[n_val:])), ds.subset(np.sort(order[:n_val]))
 
 
 # --------------------------------------------------------- augmentation
@@ -71,6 +92,10 @@ def augment(key, images, crop_pad: int, hflip: bool, erase_prob: float, erase_ma
 
 
 # ------------------------------------------------------ train/eval steps
+# What the EMA averages: weights and BatchNorm statistics, not the dropout RNG state.
+AVERAGED = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
 def loss_fn(model: CNN, images, labels, label_smoothing: float):
     logits = model(images)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
@@ -85,26 +110,17 @@ def train_step(model: CNN, optimizer: nnx.Optimizer, images, labels, label_smoot
     return loss, (logits.argmax(-1) == labels).mean()
 
 
-def make_eval_step(model: CNN):
-    """A jitted eval_step(state, images) -> probabilities for the eval-mode graph of `model`."""
-    model.eval()
-    graphdef = nnx.graphdef(model)
-    model.train()
-
-    @jax.jit
-    def eval_step(state, images):
-        return jax.nn.softmax(nnx.merge(graphdef, state)(images), axis=-1)
-
-    return eval_step
+@jax.jit
+def ema_step(ema: nnx.State, current: nnx.State, step: jax.Array, decay: float) -> nnx.State:
+    """Exponential moving average of the weights; the warm-up keeps early steps from dominating."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, current)
 
 
-def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names) -> dict:
-    preds = probs.argmax(-1)
-    per_class = {
-        name: float((preds[labels == i] == i).mean()) if (labels == i).any() else None
-        for i, name in enumerate(class_names)
-    }
-    return {"accuracy": float((preds == labels).mean()), "per_class_accuracy": per_class, "n": int(len(labels))}
+def eval_step(predict, state, ds: data_lib.Dataset, batch_size: int) -> dict:
+    """Accuracy of `state` on a labelled split."""
+    probs = predict_in_batches(predict, state, ds.images, batch_size)
+    return accuracy_report(probs, ds.labels, ds.class_names)
 
 
 # ------------------------------------------------------------- the loop
@@ -116,48 +132,69 @@ def make_optimizer(model: CNN, config, steps_per_epoch: int) -> nnx.Optimizer:
     return nnx.Optimizer(model, optax.adamw(schedule, weight_decay=config.weight_decay), wrt=nnx.Param)
 
 
+def train_epoch(model, optimizer, ema, train_ds, config, epoch: int, rng, key) -> tuple[dict, nnx.State, jax.Array]:
+    """One pass over the shuffled training set with augmentation; returns (metrics, ema, key)."""
+    model.train()
+    steps = len(train_ds) // config.batch_size
+    order = rng.permutation(len(train_ds))
+    aug = dict(config.augment.to_dict())
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.num_epochs}", unit="batch", leave=True)
+    losses, accs = [], []
+    for step in bar:
+        idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+        key, sub = jax.random.split(key)
+        images = augment(sub, train_ds.images[idx], **aug)
+        loss, acc = train_step(model, optimizer, images, train_ds.labels[idx], config.label_smoothing)
+        ema = ema_step(ema, nnx.state(model, AVERAGED), (epoch - 1) * steps + step, config.ema_decay)
+        losses.append(loss)
+        accs.append(acc)
+        if step % 20 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{float(np.mean(losses[-20:])):.4f}", acc=f"{float(np.mean(accs[-20:])):.4f}")
+    return {"train_loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accs))}, ema, key
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train per `config`, evaluate on the test split each epoch, save checkpoint + metadata."""
+    """Train per `config`, choose the epoch on validation, fit the temperature, test once, save."""
     started = time.time()
-    train_ds, test_ds = load_datasets(config)
+    train_ds, val_ds, test_ds = load_datasets(config)
     input_shape = train_ds.images.shape[1:]
     model = build_model(config.model.to_dict(), input_shape, len(train_ds.class_names), config.seed)
     steps_per_epoch = len(train_ds) // config.batch_size
     if steps_per_epoch == 0:
         raise data_lib.DatasetError(f"{len(train_ds)} training images is fewer than one batch of {config.batch_size}")
     optimizer = make_optimizer(model, config, steps_per_epoch)
-    eval_step = make_eval_step(model)
-    rng = np.random.default_rng(config.seed)
-    key = jax.random.key(config.seed)
-    aug = dict(config.augment.to_dict())
-    history = []
+    averaged = nnx.clone(model)  # holds the EMA weights; eval mode from here on
+    predict, _ = make_predict_fn(averaged)
+    ema = best = nnx.state(model, AVERAGED)
+    rng, key = np.random.default_rng(config.seed), jax.random.key(config.seed)
+    history, best_epoch, best_acc = [], 0, -1.0
     for epoch in range(1, config.num_epochs + 1):
-        model.train()
-        order = rng.permutation(len(train_ds))
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.num_epochs}", unit="batch", leave=True)
-        losses, accs = [], []
-        for step in bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            key, sub = jax.random.split(key)
-            images = augment(sub, train_ds.images[idx], **aug)
-            loss, acc = train_step(model, optimizer, images, train_ds.labels[idx], config.label_smoothing)
-            losses.append(loss)
-            accs.append(acc)
-            if step % 20 == 0 or step == steps_per_epoch - 1:
-                bar.set_postfix(loss=f"{float(np.mean(losses[-20:])):.4f}", acc=f"{float(np.mean(accs[-20:])):.4f}")
-        model.eval()
-        probs = predict_in_batches(eval_step, nnx.state(model), test_ds.images, config.eval_batch_size)
-        report = accuracy_report(probs, test_ds.labels, test_ds.class_names)
+        metrics, ema, key = train_epoch(model, optimizer, ema, train_ds, config, epoch, rng, key)
+        nnx.update(averaged, ema)
+        val = eval_step(predict, nnx.state(averaged), val_ds, config.eval_batch_size)
         history.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)),
-                "train_accuracy": float(np.mean(accs)),
-                "test_accuracy": report["accuracy"],
-                "elapsed_s": round(time.time() - started, 1),
-            }
+            {"epoch": epoch, **metrics, "val_accuracy": val["accuracy"], "elapsed_s": round(time.time() - started, 1)}
         )
-        tqdm.write(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, test accuracy {report['accuracy']:.4%}")
+        if val["accuracy"] >= best_acc:  # ties go to the later, better-annealed epoch
+            best, best_epoch, best_acc = ema, epoch, val["accuracy"]
+        tqdm.write(
+            f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, validation accuracy (EMA) {val['accuracy']:.4%}"
+        )
+
+    # The chosen weights, then the temperature fitted on validation, then the test set, once.
+    nnx.update(averaged, best)
+    raw_val = predict_in_batches(predict, nnx.state(averaged), val_ds.images, config.eval_batch_size)
+    temperature = calibration.fit_temperature(raw_val, val_ds.labels)
+    raw_test = predict_in_batches(predict, nnx.state(averaged), test_ds.images, config.eval_batch_size)
+    served, state = make_predict_fn(averaged, temperature)
+    probs = predict_in_batches(served, state, test_ds.images, config.eval_batch_size)
+    report = accuracy_report(probs, test_ds.labels, test_ds.class_names)
+    after = calibration.calibration_report(probs, test_ds.labels)
+    before = calibration.calibration_report(raw_test, test_ds.labels)
+    tqdm.write(
+        f"temperature {temperature:.4f}: test ECE {before['ece']:.2%} -> {after['ece']:.2%}, "
+        f"NLL {before['nll']:.4f} -> {after['nll']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}"
+    )
     metadata = {
         "dataset": train_ds.name,
         "class_names": list(train_ds.class_names),
@@ -167,10 +204,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "config": config.to_dict(),
         "model_config": config.model.to_dict(),
         "eval_batch_size": config.eval_batch_size,
+        "temperature": temperature,
         "test_accuracy": report["accuracy"],
         "per_class_accuracy": report["per_class_accuracy"],
         "test_images": report["n"],
+        "test_calibration": {
+            "bins": calibration.ECE_BINS,
+            "before_scaling": {k: before[k] for k in ("ece", "max_gap", "mean_confidence", "nll", "brier")},
+            "after_scaling": {k: after[k] for k in ("ece", "max_gap", "mean_confidence", "nll", "brier")},
+        },
         "train_images": len(train_ds),
+        "validation": {
+            "images": len(val_ds),
+            "rule": f"validation_size={config.validation_size} held out of the training split, seed [{config.seed}, 1]",
+            "chosen_epoch": best_epoch,
+            "accuracy": best_acc,
+        },
         "param_count": count_params(model),
         "train_time_s": round(time.time() - started, 1),
         "history": history,
@@ -178,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     metadata = _jsonable(metadata)
-    return save_model(workdir, model, metadata)
+    return save_model(workdir, averaged, metadata)
 
 
 def _jsonable(obj):

@@ -1,0 +1,131 @@
+"""The rig's child processes: start them in their own group, hear their ready line, always stop them.
+
+The one home of the "server ready" protocol. A server prints one line per replica when it
+serves; whoever started it (the streamer, `make bench`, the test fixtures) waits for those
+lines through ReadyWatcher and stops the whole process group with stop_group().
+
+    server ready: model <id> buckets [..] subscription <path> pid <pid>[ (broker: export ...)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+READY_PREFIX = "server ready"
+_PR_SET_PDEATHSIG = 1
+try:
+    # Resolved now, not in the forked child: dlopen after fork in a threaded parent can deadlock
+    # on a lock another thread held at fork time (it did: a pytest run hung in _execute_child).
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: children do not die with their parent
+    _prctl = None
+
+
+class ProcessError(Exception):
+    """A child process did not come up; the message says why, in one line."""
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def ready_line(model: str, buckets: Sequence[int], subscription: str, pid: int, broker_host: str | None) -> str:
+    """What a server prints once it serves (one line per replica)."""
+    hint = f" (broker: export PUBSUB_EMULATOR_HOST={broker_host})" if broker_host else ""
+    return f"{READY_PREFIX}: model {model} buckets {list(buckets)} subscription {subscription} pid {pid}{hint}"
+
+
+def ready_pid(line: str) -> int | None:
+    """The replica's pid from its ready line (None if the line is not one)."""
+    match = re.search(r" pid (\d+)", line) if line.startswith(READY_PREFIX) else None
+    return int(match.group(1)) if match else None
+
+
+def start(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, env: dict | None = None) -> subprocess.Popen:
+    """Start cmd in its own process group (stdout piped for the ready line, stderr to log_path)."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+
+class ReadyWatcher:
+    """Reads a child's stdout in a daemon thread and counts its ready lines."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: str | Path | None = None):
+        self.proc, self.log_path = proc, Path(log_path) if log_path else None
+        self.lines: list[str] = []
+        self._ready = threading.Semaphore(0)
+        threading.Thread(target=self._read, name="ready-watcher", daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # the pipe closes when the child is stopped
+            for line in self.proc.stdout:
+                if line.startswith(READY_PREFIX):
+                    self.lines.append(line.strip())
+                    self._ready.release()
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for pid in map(ready_pid, self.lines) if pid is not None]
+
+    def wait(self, replicas: int = 1, timeout: float = 180.0) -> list[str]:
+        """Block until `replicas` ready lines arrived; ProcessError if the child exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        for _ in range(replicas):
+            while not self._ready.acquire(timeout=0.2):
+                if self.proc.poll() is not None:
+                    raise ProcessError(
+                        f"the server exited during start-up (code {self.proc.returncode}): {self.last_log_line()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise ProcessError(f"the server was not ready within {timeout:.0f}s (log: {self.log_path})")
+        return list(self.lines)
+
+    def last_log_line(self) -> str:
+        with contextlib.suppress(OSError, TypeError):
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            if lines:
+                return lines[-1]
+        return "(no output)"
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """SIGTERM the child's whole group (graceful drain), SIGKILL it if it outlives `timeout`; idempotent.
+
+    The group may outlive its leader briefly, so it is always SIGKILLed at the end.
+    """
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    if proc.stdout is not None:
+        with contextlib.suppress(OSError):
+            proc.stdout.close()
+    return proc.returncode
