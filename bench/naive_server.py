@@ -39,17 +39,8 @@ def serve(topo: Topology, model_dir) -> None:
             wire.check_raw_length(message.data, attrs, shape)
             probs = predictor(np.frombuffer(message.data, np.uint8).reshape(1, *shape))[0]
             label = int(probs.argmax())
-            result = wire.Prediction(
-                request_id=request.request_id,
-                stream=request.stream,
-                seq=request.seq,
-                sent_ns=request.sent_ns,
-                label=label,
-                class_name=names[label],
-                confidence=float(probs[label]),
-                top_k=[[label, float(probs[label])]],
-                timing={"queue_ms": 0.0, "compute_ms": (time.monotonic() - started) * 1000, "batch_size": 1},
-            )
+            timing = {"queue_ms": 0.0, "compute_ms": (time.monotonic() - started) * 1000, "batch_size": 1}
+            result = wire.Prediction.answer(request, names, [label], [float(probs[label])], timing)
         except wire.WireError as err:
             result = wire.error_result(attrs, message.ordering_key, err, message.message_id)
         data, attributes = wire.encode_results([result], identity, f"naive:{os.getpid()}")

@@ -120,13 +120,24 @@ def broker_session(project: str | None = None, start_timeout: float = 60.0) -> I
         check_reachable(project)
         yield project
         return
+    global _fresh_emulator
     with Emulator(start_timeout=start_timeout) as emulator:
         os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+        _fresh_emulator = True
         try:
             check_reachable(EMULATOR_PROJECT)
             yield EMULATOR_PROJECT
         finally:
+            _fresh_emulator = False
             os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+
+
+_fresh_emulator = False
+
+
+def fresh_emulator() -> bool:
+    """True inside a broker_session that started its own emulator (a cold JVM: see warm_up)."""
+    return _fresh_emulator
 
 
 def check_reachable(project: str, timeout: float = 15.0) -> None:
@@ -521,3 +532,42 @@ def pull_all(subscription_path: str, timeout: float = 2.0) -> list[Received]:
     finally:
         puller.close()
     return out
+
+
+def warm_up(topo: Topology, messages: int, payload_bytes: int = 784, keys: int = 16) -> float:
+    """Push `messages` through a scratch topic and ordered subscription and back; returns the seconds taken.
+
+    The emulator's JVM runs its publish/pull/ack paths 2-3x slower until it has compiled them
+    (docs/benchmarks.md: the first ~4,000 images of a fresh emulator); real Pub/Sub has no such
+    warm-up. The scratch names are removed afterwards.
+    """
+    scratch = topo.with_suffix("warmup")
+    publisher, subscriber = publisher_client(topo.project), pubsub_v1.SubscriberClient()
+    started = time.monotonic()
+    try:
+        create_topic(publisher, scratch.requests_topic_path)
+        create_subscription(
+            subscriber, scratch.requests_subscription_path, scratch.requests_topic_path, enable_message_ordering=True
+        )
+        bulk, puller = BulkPublisher(scratch.requests_topic_path), Puller(scratch.requests_subscription_path)
+        try:
+            data = bytes(payload_bytes)
+            for start in range(0, messages, 500):
+                batch = [(data, {"seq": str(i)}, str(i % keys)) for i in range(start, min(messages, start + 500))]
+                bulk.publish_batch(batch)
+            received, deadline = 0, time.monotonic() + 60
+            while received < messages and time.monotonic() < deadline:
+                got = puller.pull(timeout=1.0)
+                if got:
+                    puller.ack([m.ack_id for m in got])
+                received += len(got)
+        finally:
+            bulk.close()
+            puller.close()
+        return time.monotonic() - started
+    finally:
+        with contextlib.suppress(gexc.GoogleAPICallError):
+            subscriber.delete_subscription(request={"subscription": scratch.requests_subscription_path})
+            publisher.delete_topic(request={"topic": scratch.requests_topic_path})
+        publisher.transport.close()
+        subscriber.close()

@@ -185,6 +185,21 @@ class Prediction:
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
 
+    @classmethod
+    def answer(cls, request: Request, class_names, labels: list[int], confidences: list[float], timing: dict):
+        """The prediction for `request`: its top-k labels and confidences, best first."""
+        return cls(
+            request_id=request.request_id,
+            stream=request.stream,
+            seq=request.seq,
+            sent_ns=request.sent_ns,
+            label=labels[0],
+            class_name=class_names[labels[0]],
+            confidence=confidences[0],
+            top_k=[[label, round(c, 6)] for label, c in zip(labels, confidences)],
+            timing=timing,
+        )
+
 
 MAX_DETAIL_CHARS = 300
 

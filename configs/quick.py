@@ -20,6 +20,7 @@ def get_config():
     config.model.dropout_dense = 0.25
     config.num_epochs = 3
     config.learning_rate = 5e-3
+    config.ema_decay = 0.99  # ~100 steps: a 1,000-step average would reach back into the first epoch of three
     config.augment.crop_pad = 0
     config.augment.erase_prob = 0.0
     return config

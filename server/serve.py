@@ -246,22 +246,12 @@ class InferenceServer:
             if np.isnan(probs[row, 0]):  # the model failed on this request alone
                 results[i] = self.error_for(batch[i].msg, wire.WireError("internal_error", "the model failed on it"))
                 continue
-            label, confs = labels[row].tolist(), confidences[row].tolist()
-            results[i] = wire.Prediction(
-                request_id=request.request_id,
-                stream=request.stream,
-                seq=request.seq,
-                sent_ns=request.sent_ns,
-                label=label[0],
-                class_name=names[label[0]],
-                confidence=confs[0],
-                top_k=[[lab, round(c, 6)] for lab, c in zip(label, confs)],
-                timing={
-                    "queue_ms": round((started - batch[i].pulled) * 1000, 3),
-                    "compute_ms": compute_ms,
-                    "batch_size": len(batch),
-                },
-            )
+            timing = {
+                "queue_ms": round((started - batch[i].pulled) * 1000, 3),
+                "compute_ms": compute_ms,
+                "batch_size": len(batch),
+            }
+            results[i] = wire.Prediction.answer(request, names, labels[row].tolist(), confidences[row].tolist(), timing)
 
     def run_model(self, images: np.ndarray) -> np.ndarray:
         """Probabilities per image; rows whose images make the model fail are NaN (found by halving)."""

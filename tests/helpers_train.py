@@ -105,6 +105,11 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 150) -> subpro
     )
 
 
+def train_smoke(workdir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m train --config configs/smoke.py --workdir DIR [--config.KEY=VALUE ...]`."""
+    return run_cli("-m", "train", "--config", SMOKE_CONFIG, "--workdir", str(workdir), *overrides, env=env)
+
+
 _SMOKE_MODELS: dict[str, Path] = {}
 
 
@@ -118,7 +123,7 @@ def smoke_model(tmp_path_factory) -> Path:
 
             pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
         workdir = tmp_path_factory.mktemp("smoke-model")
-        proc = run_cli("-m", "train", "--config", SMOKE_CONFIG, "--workdir", str(workdir))
+        proc = train_smoke(workdir)
         assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout}\n{proc.stderr}"
         _SMOKE_MODELS["fashion_mnist"] = workdir
     return _SMOKE_MODELS["fashion_mnist"]

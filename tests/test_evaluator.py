@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_train import SHAPE_CLASSES, make_shape_folder, run_cli
+from helpers_train import SHAPE_CLASSES, make_shape_folder, train_smoke
 
 from streamer.compare import mcnemar_exact
 from tests.conftest import REPO
@@ -59,9 +59,8 @@ def shapes(tmp_path_factory) -> tuple[Path, Path, Path]:
     images = make_shape_folder(root / "shapes", per_class=30, size=16)
     models = []
     for name, lr in (("a", "0.003"), ("b", "0.0003")):
-        proc = run_cli(
-            "-m", "train", "--config", "configs/smoke.py", "--workdir", str(root / name),
-            "--config.dataset=folder", f"--config.image_dir={images}", "--config.image_shape=(16,16,1)",
+        proc = train_smoke(
+            root / name, "--config.dataset=folder", f"--config.image_dir={images}", "--config.image_shape=(16,16,1)",
             "--config.batch_size=16", "--config.num_epochs=3", f"--config.learning_rate={lr}",
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr

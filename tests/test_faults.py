@@ -747,3 +747,22 @@ def test_an_emulator_that_dies_at_start_gives_one_clear_error(tmp_path, monkeypa
     with pytest.raises(BrokerError, match=r"exited at start \(code 3\): Address already in use"):
         emulator.start()
     assert emulator.process is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("module", ["streamer", "server"])
+def test_no_credentials_is_one_line(module, tmp_path):
+    """`--project P` without Application Default Credentials: one line that says how to fix it, exit 2.
+
+    NO_GCE_CHECK keeps google-auth from probing a metadata server (this machine has no network).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path), NO_GCE_CHECK="true")
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--project", "no-such-project-here"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "gcloud auth application-default login" in lines[0] and "GOOGLE_APPLICATION_CREDENTIALS" in lines[0]

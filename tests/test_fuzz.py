@@ -68,17 +68,8 @@ def test_a_prediction_for_any_accepted_request_encodes(data, attributes, label, 
         request = wire.check_request(data, attributes)
     except wire.WireError:
         return
-    result = wire.Prediction(
-        request_id=request.request_id,
-        stream=request.stream,
-        seq=request.seq,
-        sent_ns=request.sent_ns,
-        label=label,
-        class_name="c",
-        confidence=confidence,
-        top_k=[[label, confidence]],
-        timing={"queue_ms": 0.1, "compute_ms": 1.0, "batch_size": 1},
-    )
+    timing = {"queue_ms": 0.1, "compute_ms": 1.0, "batch_size": 1}
+    result = wire.Prediction.answer(request, ["c"] * 10, [label], [confidence], timing)
     _, results = wire.decode_results(wire.encode_results([result], "m")[0])
     assert wire.check_result(results[0], 10)["request_id"] == request.request_id
 

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from helpers_train import METADATA_KEYS, SHAPE_CLASSES, make_shape_folder, run_cli, smoke_model
+from helpers_train import METADATA_KEYS, SHAPE_CLASSES, make_shape_folder, run_cli, smoke_model, train_smoke
 
 from train.checkpoint import checkpoint_digest
 from train.data import FASHION_MNIST_CLASSES
@@ -71,13 +71,8 @@ def test_evaluate_with_classes_missing_from_the_slice(smoke, capsys):
 def test_train_on_image_folder_then_predict(tmp_path):
     images = make_shape_folder(tmp_path / "shapes", per_class=20, size=16)
     workdir = tmp_path / "model"
-    proc = run_cli(
-        "-m",
-        "train",
-        "--config",
-        "configs/smoke.py",
-        "--workdir",
-        str(workdir),
+    proc = train_smoke(
+        workdir,
         "--config.dataset=folder",
         f"--config.image_dir={images}",
         "--config.image_shape=(16,16,1)",
@@ -108,15 +103,7 @@ def test_missing_dataset_is_one_line_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     # smoke config + a scratch workdir: should the error ever not happen, nothing long runs or gets overwritten
-    proc = run_cli(
-        "-m",
-        "train",
-        "--config",
-        "configs/smoke.py",
-        "--workdir",
-        str(tmp_path / "out"),
-        env={"FASHION_MNIST_DIR": str(empty)},
-    )
+    proc = train_smoke(tmp_path / "out", env={"FASHION_MNIST_DIR": str(empty)})
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
@@ -129,16 +116,7 @@ def test_missing_dataset_is_one_line_error(tmp_path):
 @pytest.mark.timeout(60)
 def test_too_few_images_for_a_batch_is_one_line_error(tmp_path):
     images = make_shape_folder(tmp_path / "shapes", per_class=2, size=8)
-    proc = run_cli(
-        "-m",
-        "train",
-        "--config",
-        "configs/smoke.py",
-        "--workdir",
-        str(tmp_path / "out"),
-        "--config.dataset=folder",
-        f"--config.image_dir={images}",
-    )
+    proc = train_smoke(tmp_path / "out", "--config.dataset=folder", f"--config.image_dir={images}")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     # 6 pictures: 1 held out for testing, 1 of the other 5 for validation (smoke's validation_size 0.1)
