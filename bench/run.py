@@ -57,10 +57,12 @@ MODULES = {"naive": "bench.naive_server", "server": "server", "echo": "bench.ser
 
 
 class Server:
-    """A server subprocess (real, echo or naive) on its own topic suffix."""
+    """A server subprocess (real, echo or naive) on its own topic suffix; `cpus` pins it (taskset)."""
 
-    def __init__(self, kind: str, suffix: str, replicas: int = 1, extra: tuple[str, ...] = ()):
+    def __init__(self, kind: str, suffix: str, replicas: int = 1, extra: tuple[str, ...] = (), cpus: str | None = None):
         cmd = [sys.executable, "-m", MODULES[kind], "--topic-suffix", suffix, "--model", str(MODEL_DIR), *extra]
+        if cpus is not None:
+            cmd = ["taskset", "-c", cpus, *cmd]
         if kind != "naive":
             cmd += ["--replicas", str(replicas)] + (["--echo"] if kind == "echo" else [])
         fd, log_path = tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")
@@ -258,21 +260,62 @@ def rate_sweep(rates: list[float], seconds: float) -> list[dict]:
     return points
 
 
+def pinned_runs(n: int, emulator: Emulator) -> dict:
+    """The capacity model's check (docs/capacity.md): one replica pinned to core 1, then two replicas
+    pinned to cores 0 and 1, draining a pre-filled subscription; server CPU per image from /proc."""
+    images = load_fashion_mnist("test").images
+    out = {}
+    for name, pins in (("one_replica_core1", ["1"]), ("two_replicas_core0_core1", ["0", "1"])):
+        suffix = fresh()
+        prefill(suffix, n, images)
+        port = free_port()
+        servers = [
+            Server("server", suffix, extra=("--metrics-port", str(port + k)), cpus=cpu) for k, cpu in enumerate(pins)
+        ]
+        try:
+            cpu_before = sum(srv.cpu_s() for srv in servers)
+            started = time.monotonic()
+            # The first replica starts draining while the second compiles: time only what follows.
+            base = sum(results_total(port + k) for k in range(len(pins)))
+            while (done := sum(results_total(port + k) for k in range(len(pins)))) < n:
+                if time.monotonic() - started > 180:
+                    raise RuntimeError(f"pinned drain stalled at {done}/{n}")
+                time.sleep(0.02)
+            seconds = time.monotonic() - started
+            cpu = sum(srv.cpu_s() for srv in servers) - cpu_before
+        finally:
+            for srv in servers:
+                srv.stop()
+        out[name] = {
+            "img_per_s": (n - base) / seconds,
+            "server_cpu_us_per_img": cpu / (n - base) * 1e6,
+            "cores": pins,
+            "timed_images": n - base,
+        }
+    return out
+
+
+def prefill(suffix: str, n: int, images: np.ndarray) -> Topology:
+    """A fresh topology whose request subscription already holds n requests on 16 streams."""
+    topo = topology(suffix)
+    ensure_topology(topo)
+    publisher = Publisher(topo.requests_topic_path, PublishSettings(max_messages=500, max_latency_s=0.01))
+    futures = []
+    for i in range(n):
+        data, attrs = wire.encode_request(images[i % len(images)], f"d-{i}", stream=str(i % 16), seq=i // 16)
+        futures.append(publisher.publish(data, attrs["stream"], **attrs))
+    for f in futures:
+        f.result()
+    publisher.close()
+    return topo
+
+
 def drain_runs(n: int, repeats: int, images: np.ndarray) -> dict:
     """Pre-fill the request subscription, then time the server alone answering all of it."""
     runs = []
     for _ in range(repeats):
         suffix = fresh()
-        topo = topology(suffix)
-        ensure_topology(topo)
-        publisher = Publisher(topo.requests_topic_path, PublishSettings(max_messages=500, max_latency_s=0.01))
-        futures = []
-        for i in range(n):
-            data, attrs = wire.encode_request(images[i], f"d-{i}", stream=str(i % 16), seq=i // 16)
-            futures.append(publisher.publish(data, attrs["stream"], **attrs))
-        for f in futures:
-            f.result()
-        publisher.close()
+        prefill(suffix, n, images)
         port = free_port()
         with server("server", suffix, extra=("--metrics-port", str(port))):
             started = time.monotonic()
@@ -545,6 +588,11 @@ def render_markdown(r: dict, plots: dict, docs_dir: Path, previous: dict | None 
         lines.append(
             f"| drain, server alone ({r['drain']['images']} pre-filled) | {s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f} | | | |"
         )
+    for name, p in (r.get("pinned") or {}).items():
+        lines.append(
+            f"| pinned: {name.replace('_', ' ')} (drain, {p['timed_images']} timed) | {p['img_per_s']:.0f} "
+            f"| {p['server_cpu_us_per_img']:.0f} core-µs/img | | |"
+        )
     if "model" in r:
         lines += [
             "",
@@ -599,7 +647,8 @@ def main(args) -> int:
     repeats = 1 if quick else args.repeats
     n_full = 3000 if quick else 10000
     only = set(
-        args.only or ["model", "echo", "ungrouped", "naive", "server", "replicas", "drain", "sweep", "coldstart"]
+        args.only
+        or ["model", "echo", "ungrouped", "naive", "server", "replicas", "pinned", "drain", "sweep", "coldstart"]
     )
     global MODEL_DIR
     MODEL_DIR = model_dir = Path(args.model).resolve() if args.model else DEFAULT_MODEL_DIR
@@ -649,6 +698,9 @@ def main(args) -> int:
         if "replicas" in only:
             step("two replicas")
             r["replicas"] = {"throughput": throughput_runs("server", n_full, repeats, emulator, replicas=2)}
+        if "pinned" in only:
+            step("pinned replicas (capacity model check)")
+            r["pinned"] = pinned_runs(n_full, emulator)
         if "drain" in only:
             step("drain (server alone)")
             r["drain"] = drain_runs(n_full, repeats, load_fashion_mnist("test").images)

@@ -198,10 +198,11 @@ class InferenceServer:
         good, images = self.decode(batch, results)
         if good:
             self.infer(batch, good, images, results, started)
+        computed = time.monotonic()
         self.publish(batch, results)
         done = time.monotonic()
         metrics.BATCH_SIZE.observe(len(batch))
-        metrics.COMPUTE.observe(done - started)
+        metrics.COMPUTE.observe(computed - started)
         for p in batch:
             metrics.QUEUE_WAIT.observe(started - p.pulled)
             metrics.IN_SERVER.observe(done - p.pulled)
