@@ -50,6 +50,14 @@ def from_args(args: argparse.Namespace, default: str) -> ml_collections.ConfigDi
     return override(config, {k: v for k, v in vars(args).items() if "." in k or k in config})
 
 
+def config_flag_metavars(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--help shows `--rate RATE`, not `--rate STREAMER.RATE`, for flags whose dest names a config key."""
+    for action in parser._actions:
+        if action.option_strings and action.metavar is None and action.nargs != 0 and not action.choices:
+            action.metavar = action.option_strings[0].lstrip("-").upper().replace("-", "_")
+    return parser
+
+
 def parse_overrides(args: Sequence[str], prefix: str = "--config.") -> dict[str, Any]:
     """["--config.a.b=value", ...] -> {"a.b": value}; values are Python literals where they parse, else strings."""
     out: dict[str, Any] = {}

@@ -6,6 +6,7 @@ Thin entry point: parse flags, then server.run.main does the work.
 import argparse
 import sys
 
+from configs import config_flag_metavars
 from server.run import main
 
 
@@ -34,7 +35,7 @@ def make_parser(prog: str = "python -m server") -> argparse.ArgumentParser:
         "--metrics-port", type=int, dest="server.metrics_port", help="expose Prometheus metrics on this port"
     )
     parser.add_argument("--log-level", default="INFO")
-    return parser
+    return config_flag_metavars(parser)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ python -m streamer --compare OTHER_MODEL         (two models, the same requests,
 import argparse
 import sys
 
+from configs import config_flag_metavars
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -56,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare", help="a second model folder: served on its own subscription of the same requests")
     p.add_argument("--index", type=int, help="send test image N and print its prediction")
     p.add_argument("--image", help="send this PNG/JPEG and print its prediction")
-    return p.parse_args(argv)
+    return config_flag_metavars(p).parse_args(argv)
 
 
 def main(argv=None) -> int:
