@@ -13,7 +13,7 @@ import pytest
 from streamer.report import latest_report, render_terminal, show_report, write_report
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-PLOT_FILES = ["confusion_matrix.png", "latency.png", "throughput.png", "batch_sizes.png"]
+PLOT_FILES = ["confusion_matrix.png", "latency.png", "throughput.png", "batch_sizes.png", "reliability.png"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
