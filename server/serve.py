@@ -134,7 +134,9 @@ class InferenceServer:
         self.acker = Acker(self.puller, on_settled=self.release)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.window = collections.deque(maxlen=100_000)  # (t_done, n, in-server seconds) for the log line
-        metrics.MODEL.info({"digest": self.model.identity, "dataset": str(self.model.meta.get("dataset"))})
+        metrics.MODEL.info(
+            {"digest": self.model.identity, "dataset": str(self.model.meta.get("dataset")), "pid": str(os.getpid())}
+        )
 
     # ------------------------------------------------------------- 1. pull
     def pull_loop(self) -> None:
