@@ -1,14 +1,18 @@
 """The shipped Fashion-MNIST recipe (models/fashion-mnist).
 
 Command:   python -m train --config configs/default.py --workdir models/fashion-mnist
-Runtime:   about 37 minutes on an idle 2-core CPU (train step + augmentation measured at
-           ~700 img/s in isolation: 86 s per epoch, 25 epochs); the shipped run took 42.5
-           minutes (2,552 s) while sharing the machine with other work.
-Accuracy:  94.29% on the 10,000-image test set (the shipped run; models/fashion-mnist/metadata.json).
+           (without --workdir: a new runs/default-<time>/ folder; the shipped model is never overwritten)
+Runtime:   42.9 minutes (2,576 s) on 2026-11-25 on a 2-core AMD EPYC with AVX-512 (8,979 img/s
+           model-only at batch 256, measured the same day); machines of this kind without AVX-512 ran
+           up to 3.5x slower, so expect up to ~2.5 hours there.
+Accuracy:  94.24% on the 10,000-image test set, 95.02% on the 5,000-image validation split
+           (epoch 28 of 32, chosen on validation); test ECE 7.54% -> 1.37% with temperature 0.624.
+           Attempts and what they gave: docs/model.md.
 
-Width-32/64 2×(conv-BN-conv-BN-pool) net (871k parameters), random crop (pad 2) +
-horizontal flip + random erasing (p=0.3), label smoothing 0.1, AdamW (weight decay
-5e-4) with a one-cycle cosine schedule peaking at 3e-3, batch 128.
+Width-32/64 2x(conv-BN-conv-BN-pool) net (871k parameters), random crop (pad 2) + horizontal flip +
+random erasing (p=0.4), label smoothing 0.1, AdamW (decoupled weight decay 0.05) with a one-cycle
+cosine schedule peaking at 3e-3, batch 128, an EMA of the weights (decay 0.999); 5,000 training
+images held out to choose the epoch and fit the temperature.
 """
 
 import ml_collections
