@@ -244,9 +244,11 @@ class InferenceServer:
         probs = self.run_model(images)
         compute_ms = round((time.monotonic() - started) * 1000, 3)
         names = self.model.class_names
+        failed = np.isnan(probs[:, 0]).tolist()  # rows the model failed on (see run_model)
         labels, confidences = top_k(np.nan_to_num(probs, nan=-1.0), self.settings.top_k)
+        labels, confidences = labels.tolist(), confidences.tolist()
         for row, (i, request) in enumerate(good):
-            if np.isnan(probs[row, 0]):  # the model failed on this request alone
+            if failed[row]:
                 results[i] = self.error_for(batch[i].msg, wire.WireError("internal_error", "the model failed on it"))
                 continue
             timing = {
@@ -254,7 +256,7 @@ class InferenceServer:
                 "compute_ms": compute_ms,
                 "batch_size": len(batch),
             }
-            results[i] = wire.Prediction.answer(request, names, labels[row].tolist(), confidences[row].tolist(), timing)
+            results[i] = wire.Prediction.answer(request, names, labels[row], confidences[row], timing)
 
     def run_model(self, images: np.ndarray) -> np.ndarray:
         """Probabilities per image; rows whose images make the model fail are NaN (found by halving)."""
