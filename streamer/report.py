@@ -106,7 +106,7 @@ def _summary_table(summary: dict) -> Table:
         ["Offline check (same checkpoint)", _offline_text(summary.get("offline"))],
         ["Model identity", _model_identity_text(summary)],
         ["Wall time", _fmt(run.get("wall_s"), 1, " s")],
-        ["Broker warm-up (before the timed stream)", _warm_up_text(run)],
+        ["Warm-up (before the timed stream)", _warm_up_text(run)],
         ["Server", f"{_fmt(run.get('server_mode'))}, {_fmt(run.get('replicas'))} replica(s)"],
         ["Dataset / images", f"{_fmt(run.get('dataset'))} / {_fmt(run.get('limit'))}"],
         ["Streams", _fmt(run.get("streams"))],
@@ -116,8 +116,8 @@ def _summary_table(summary: dict) -> Table:
 
 
 def _warm_up_text(run: dict) -> str:
-    warm = run.get("broker_warm_up")
-    return f"{warm['messages']} messages in {warm['seconds']} s, not timed" if warm else "none"
+    warm = run.get("warm_up")
+    return f"{warm['messages']} requests through the real path in {warm['seconds']} s, not timed" if warm else "none"
 
 
 def _model_identity_text(summary: dict) -> str:
@@ -708,7 +708,7 @@ def render_terminal(summary: dict, out_dir: str | Path | None = None) -> str:
         f"  (wall {_fmt(run.get('wall_s'), 1, ' s')})",
         f"  setup       {_fmt(run.get('server_mode'))} server, {_fmt(run.get('replicas'))} replica(s), "
         f"{_fmt(run.get('streams'))} stream(s), broker {_fmt(run.get('broker'))}",
-        f"  warm-up     broker: {_warm_up_text(run)}",
+        f"  warm-up     {_warm_up_text(run)}",
         f"  model       {_model_identity_text(summary)}",
         f"  images      sent {_fmt(counts.get('sent'))}   answered {_fmt(counts.get('answered'))}"
         f"   missing {_fmt(counts.get('missing'))}",

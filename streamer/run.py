@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from broker import wire
 from broker.errors import BrokerError
-from broker.pubsub import BulkPublisher, Topology, broker_session, ensure_topology, fresh_emulator, pull_all, warm_up
+from broker.pubsub import BulkPublisher, Puller, Topology, broker_session, ensure_topology, fresh_emulator, pull_all
 from configs import from_args
 from streamer.collector import Collector, ResultPump
 from streamer.datasets import load_dataset
@@ -253,16 +253,45 @@ def verify_offline(summary: dict, model_dir, data: Dataset) -> dict:
     }
 
 
-def broker_warm_up(topo: Topology, messages: int) -> dict | None:
-    """Warm a freshly started emulator's JVM before the timed stream (not timed; the report says so).
+WARM_UP_RATE = 1000.0  # img/s: fast enough to be short, slow enough to look like a stream
 
-    Real Pub/Sub and an emulator that was already running (PUBSUB_EMULATOR_HOST) get nothing.
+
+def warm_up_path(topo: Topology, data: Dataset, messages: int, expected_per_request: int) -> dict | None:
+    """Before the timed stream, push `messages` requests through the real path (broker, server, results).
+
+    A freshly started emulator's JVM runs 2-3x slower until it has compiled its hot paths: the first
+    ~3,000 images of a run had p99 of 80-230 ms against ~25 ms after (docs/benchmarks.md). Real
+    Pub/Sub and an emulator that was already running get nothing. The report says what was done.
     """
     if not messages or not fresh_emulator():
         return None
-    seconds = warm_up(topo, messages)
-    log.info("broker warm-up: %d messages in %.1f s, not timed", messages, seconds)
+    started = time.monotonic()
+    images = np.resize(data.images, (messages, *data.images.shape[1:]))
+    publisher = BulkPublisher(topo.requests_topic_path)
+    try:
+        asyncio.run(publish_dataset(publisher, images, "warmup", WARM_UP_RATE, 16))
+    finally:
+        publisher.close()
+    drain_results(topo, messages * expected_per_request, timeout=30.0)
+    seconds = time.monotonic() - started
+    log.info("warm-up: %d requests through the real path in %.1f s, not timed", messages, seconds)
     return {"messages": messages, "seconds": round(seconds, 2)}
+
+
+def drain_results(topo: Topology, expected: int, timeout: float) -> None:
+    """Pull and ack `expected` results (the warm-up's) off the results subscription."""
+    puller, seen = Puller(topo.results_subscription_path), 0
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            messages = puller.pull(timeout=1.0)
+            for message in messages:
+                with contextlib.suppress(wire.WireError):
+                    seen += len(wire.decode_results(message.data)[1])
+            if messages:
+                puller.ack([m.ack_id for m in messages])
+    finally:
+        puller.close()
 
 
 def load_models(config, compare: str | None) -> tuple[list[str], list[dict]]:
@@ -304,7 +333,6 @@ def run(args, config) -> int:
     with broker_session(config.broker.project or None) as project, contextlib.ExitStack() as stack:
         topo = Topology.from_names(project, config.broker, args.topic_suffix)
         topologies = [topo] + ([compare_topology(project, config, args.topic_suffix)] if args.compare else [])
-        warm = broker_warm_up(topo, config.streamer.broker_warm_up) if not collect_only else None
         servers = []
         for model_dir, model_topo in zip(dirs, topologies):
             ensure_topology(model_topo)
@@ -313,12 +341,13 @@ def run(args, config) -> int:
                 if model_topo is not topo:
                     flags["subscription"] = config.broker.requests_subscription + "-compare"
                 servers.append(stack.enter_context(managed_server(flags, config.server.replicas)))
+        warm = None if collect_only else warm_up_path(topo, data, config.streamer.warm_up, len(topologies))
         summaries = asyncio.run(
             stream_and_collect(args, config, topo, run_id, data, identities, servers, publish=not collect_only)
         )
     for summary, model_dir in zip(summaries, dirs):
         summary["model"]["dir"] = model_dir
-        summary["run"]["broker_warm_up"] = warm
+        summary["run"]["warm_up"] = warm
         if args.verify and summary["counts"]["answered"]:
             summary["offline"] = verify_offline(summary, model_dir, data)
     summary = summaries[0]
