@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
             # Requests pushed through the real path (broker, server, results) before the timed stream, on a
             # freshly started emulator only: its JVM ran the first ~3,000 images of a run 2-3x slower
             # (p99 80-230 ms against ~25 ms warm; docs/benchmarks.md). Stated in the report; 0 = off.
-            warm_up=4000,  # fashion_mnist | idx:IMAGES,LABELS | folder:DIR (streamer/datasets.py)
+            warm_up=10000,  # fashion_mnist | idx:IMAGES,LABELS | folder:DIR (streamer/datasets.py)
         )
     )
 

@@ -253,7 +253,7 @@ def verify_offline(summary: dict, model_dir, data: Dataset) -> dict:
     }
 
 
-WARM_UP_RATE = 1000.0  # img/s: fast enough to be short, slow enough to look like a stream
+WARM_UP_RATE = 2000.0  # img/s: fast enough to be short, slow enough to look like a stream
 
 
 def warm_up_path(topo: Topology, data: Dataset, messages: int, expected_per_request: int) -> dict | None:
