@@ -2,7 +2,7 @@
 
 Command:   python -m streamer --rate 200          (this config; flags override it)
            python -m server                       (the server half alone)
-Runtime:   about 55 s for the 10,000 test images at 200 img/s, plus ~10 s start-up.
+Runtime:   about 50 s for the 10,000 test images at 200 img/s, plus ~15 s start-up and warm-up.
 Accuracy:  equal to `python -m train.evaluate` on the same checkpoint, prediction by prediction.
 """
 
