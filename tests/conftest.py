@@ -152,6 +152,29 @@ def start_server(suffix, model_dir, topology):
 
 
 # ----------------------------------------------------------------- helpers
+def free_port_run(n: int) -> int:
+    """A port P such that P..P+n-1 are all free now (`--replicas n --metrics-port P` binds P+i)."""
+    import socket
+
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        sockets = []
+        try:
+            for port in range(first, first + n):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no run of {n} free ports")
+
+
 def publish_images(
     topo: Topology, images: np.ndarray, run_id: str = "t", streams: int = 4, start: int = 0
 ) -> list[str]:

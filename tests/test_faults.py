@@ -29,7 +29,15 @@ from broker import wire
 from broker.emulator import Emulator, free_port
 from broker.errors import BrokerError
 from broker.pubsub import EMULATOR_PROJECT, Publisher, Puller, create_subscription, create_topic, pull_all
-from tests.conftest import REPO, ResultWatcher, ServerProcess, publish_images, publish_messages, publish_raw
+from tests.conftest import (
+    REPO,
+    ResultWatcher,
+    ServerProcess,
+    free_port_run,
+    publish_images,
+    publish_messages,
+    publish_raw,
+)
 
 pytestmark = pytest.mark.emulator
 
@@ -88,7 +96,7 @@ def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
     from train.data import load_fashion_mnist
 
     images = load_fashion_mnist("test", N_KILL).images
-    port = free_port()
+    port = free_port_run(2)
     server = start_server("--metrics-port", str(port), replicas=2)
     pids = [int(re.search(r"\bpid (\d+)", line).group(1)) for line in server.ready_lines]
     assert len(set(pids)) == 2, server.ready_lines

@@ -18,7 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker import wire
 from broker.emulator import free_port
 from broker.pubsub import delete_topology, ensure_topology
-from tests.conftest import ServerProcess, collect_results, fresh_topology, publish_images, publish_messages
+from tests.conftest import (
+    ServerProcess,
+    collect_results,
+    free_port_run,
+    fresh_topology,
+    publish_images,
+    publish_messages,
+)
 
 pytestmark = pytest.mark.emulator
 
@@ -146,7 +153,7 @@ def test_server_log_is_one_line_per_event_with_a_level(run):
 @pytest.mark.timeout(120)
 def test_each_replica_serves_metrics_on_its_own_port(topology, start_server):
     """`--replicas N --metrics-port P`: replica i on P + i (two processes cannot share one port)."""
-    port = free_port()
+    port = free_port_run(2)
     server = start_server("--metrics-port", str(port), replicas=2)
     for p in (port, port + 1):  # a server process opens one endpoint, so two answering ports = two replicas
         scrape = Scrape(urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=5).read().decode())
