@@ -80,8 +80,7 @@ class Collector:
         try:
             model, results = wire.decode_results(data)
         except wire.WireError as err:
-            with self.lock:
-                self._invalid(err)
+            self.count_invalid(err)
             return 0
         return self.add_results(model, results, received_s)
 
@@ -104,6 +103,14 @@ class Collector:
         if new and self.on_progress:
             self.on_progress(new)
         return new
+
+    def count_invalid(self, err: wire.WireError) -> None:
+        with self.lock:
+            self._invalid(err)
+
+    def count_stray(self, results: int) -> None:
+        with self.lock:
+            self.stray += results
 
     def _invalid(self, err: wire.WireError) -> None:
         """Count a result that breaks the contract; log the first of each kind (a flood must not flood the log)."""
@@ -345,8 +352,7 @@ class ResultPump:
                     self.record(message.data, received_s)
                 except Exception as err:  # a bug of ours must not stop collecting everyone else's results
                     log.exception("result message %s could not be recorded", message.message_id)
-                    with self.collector.lock:
-                        self.collector._invalid(wire.WireError("bad_result", f"{type(err).__name__}: {err}"))
+                    self.collector.count_invalid(wire.WireError("bad_result", f"{type(err).__name__}: {err}"))
             self._unacked += [m.ack_id for m in messages]
             if not self.collector.state_file or time.monotonic() - last_flush > self.flush_s:
                 self._settle()
@@ -357,18 +363,16 @@ class ResultPump:
         try:
             model, results = wire.decode_results(data)
         except wire.WireError as err:
-            with self.collector.lock:
-                self.collector._invalid(err)
+            self.collector.count_invalid(err)
             return
         if len(self.collectors) == 1:
-            self.collector.add_results(model, results, received_s)
-            return
-        target = next((c for c in self.collectors if c.model == model), None)
+            target = self.collector
+        else:
+            target = next((c for c in self.collectors if c.model == model), None)
         if target is None:
-            with self.collector.lock:
-                self.collector.stray += len(results)
-            return
-        target.add_results(model, results, received_s)
+            self.collector.count_stray(len(results))
+        else:
+            target.add_results(model, results, received_s)
 
     def _settle(self) -> None:
         """Persist, then ack everything recorded so far."""

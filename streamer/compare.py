@@ -42,10 +42,10 @@ def compare_summaries(a: dict, b: dict) -> dict:
                 "class": ca["class"],
                 "accuracy_a": ca["accuracy"],
                 "accuracy_b": cb["accuracy"],
-                "accuracy_delta": _delta(cb["accuracy"], ca["accuracy"]),
+                "accuracy_delta": delta(cb["accuracy"], ca["accuracy"]),
                 "f1_a": ca["f1"],
                 "f1_b": cb["f1"],
-                "f1_delta": _delta(cb["f1"], ca["f1"]),
+                "f1_delta": delta(cb["f1"], ca["f1"]),
             }
         )
     disagreements = [
@@ -59,7 +59,7 @@ def compare_summaries(a: dict, b: dict) -> dict:
         "paired_images": len(both),
         "accuracy_a": acc_a,
         "accuracy_b": acc_b,
-        "accuracy_delta": _delta(acc_b, acc_a),
+        "accuracy_delta": delta(acc_b, acc_a),
         "mcnemar": {**table, "p_value": p_value, "significant_at_0.05": p_value < 0.05},
         "per_class": per_class,
         "disagreements": len(disagreements),
@@ -67,5 +67,6 @@ def compare_summaries(a: dict, b: dict) -> dict:
     }
 
 
-def _delta(new, old):
+def delta(new, old):
+    """new - old, or None when either is missing."""
     return None if new is None or old is None else round(new - old, 6)

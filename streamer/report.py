@@ -28,6 +28,8 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from streamer.compare import delta
+
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI.
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -820,17 +822,17 @@ def diff_reports(path_a: str | Path, path_b: str | Path, reports_dir: str | Path
          "same" if _section(a, "model").get("identity") == _section(b, "model").get("identity") else "DIFFERENT"],
         ["Dataset / images", f"{_section(a, 'run').get('dataset')} / {_section(a, 'run').get('limit')}",
          f"{_section(b, 'run').get('dataset')} / {_section(b, 'run').get('limit')}", ""],
-        ["Accuracy", _pct(a.get("accuracy")), _pct(b.get("accuracy")), _signed_pct(_delta(b.get("accuracy"), a.get("accuracy")))],
+        ["Accuracy", _pct(a.get("accuracy")), _pct(b.get("accuracy")), _signed_pct(delta(b.get("accuracy"), a.get("accuracy")))],
         ["ECE", _pct(_section(a, "calibration").get("ece")), _pct(_section(b, "calibration").get("ece")),
-         _signed_pct(_delta(_section(b, "calibration").get("ece"), _section(a, "calibration").get("ece")))],
+         _signed_pct(delta(_section(b, "calibration").get("ece"), _section(a, "calibration").get("ece")))],
     ]  # fmt: skip
     rows += [
         [f"Latency {k}", _ms(la.get(k)), _ms(lb.get(k)), _signed_ms(lb.get(k), la.get(k))]
         for k in ("p50", "p90", "p99")
     ]
-    rows.append(["Throughput", _fmt(ta, 1, " img/s"), _fmt(tb, 1, " img/s"), _fmt(_delta(tb, ta), 1, " img/s")])
+    rows.append(["Throughput", _fmt(ta, 1, " img/s"), _fmt(tb, 1, " img/s"), _fmt(delta(tb, ta), 1, " img/s")])
     per_class = [
-        [ca["class"], _pct(ca["accuracy"]), _pct(cb["accuracy"]), _signed_pct(_delta(cb["accuracy"], ca["accuracy"]))]
+        [ca["class"], _pct(ca["accuracy"]), _pct(cb["accuracy"]), _signed_pct(delta(cb["accuracy"], ca["accuracy"]))]
         for ca, cb in zip(a.get("per_class") or [], b.get("per_class") or [])
     ]
     overview: Table = (["", "A", "B", "B - A"], rows)
@@ -850,7 +852,3 @@ def diff_reports(path_a: str | Path, path_b: str | Path, reports_dir: str | Path
     text += ["", "  per class"] + [f"  {r[0]:<{width}} {r[1]:>28}  {r[2]:>28}  {r[3]:>12}" for r in per_class]
     text += ["", f"  written to {out_dir / 'diff.md'} and diff.json"]
     return "\n".join(text), out_dir
-
-
-def _delta(new, old):
-    return None if new is None or old is None else new - old
