@@ -811,7 +811,8 @@ def diff_reports(path_a: str | Path, path_b: str | Path, reports_dir: str | Path
     Returns the text (also printed by `python -m streamer report --diff A B`) and the folder where
     diff.md and diff.json were written.
     """
-    runs = [json.loads(_resolve_report_json(p, reports_dir).read_text(encoding="utf-8")) for p in (path_a, path_b)]
+    paths = [_resolve_report_json(p, reports_dir) for p in (path_a, path_b)]
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     a, b = runs
     la, lb = _section(a, "latency_ms"), _section(b, "latency_ms")
     ta, tb = _section(a, "throughput").get("img_per_s"), _section(b, "throughput").get("img_per_s")
@@ -838,7 +839,8 @@ def diff_reports(path_a: str | Path, path_b: str | Path, reports_dir: str | Path
     overview: Table = (["", "A", "B", "B - A"], rows)
     classes: Table = (["Class", "Accuracy A", "Accuracy B", "B - A"], per_class)
     markdown = f"# Run A against run B\n\n{_markdown_table(overview)}\n\n## Per class\n\n{_markdown_table(classes)}\n"
-    out_dir = Path(reports_dir) / f"diff-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Beside run A's folder (reports/<run>/ -> reports/diff-<time>/), wherever that folder lives.
+    out_dir = paths[0].parent.parent / f"diff-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diff.md").write_text(markdown, encoding="utf-8")
     table_json = {
