@@ -52,8 +52,15 @@ def ready_pid(line: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def start(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, env: dict | None = None) -> subprocess.Popen:
-    """Start cmd in its own process group (stdout piped for the ready line, stderr to log_path)."""
+def start(
+    cmd: Sequence[str], cwd: str | Path, log_path: str | Path, env: dict | None = None, tie_to_parent: bool = False
+) -> subprocess.Popen:
+    """Start cmd in its own process group (stdout piped for the ready line, stderr to log_path).
+
+    `tie_to_parent` adds die_with_parent as preexec_fn. Only for parents with few threads (the
+    streamer): a preexec_fn runs Python in the forked child, and in a parent full of threads
+    (pytest with gRPC and watcher threads) the child hung in it, and so did Popen.
+    """
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             list(cmd),
@@ -64,7 +71,7 @@ def start(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, env: dict |
             stdin=subprocess.DEVNULL,
             text=True,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent if tie_to_parent else None,
         )
 
 
