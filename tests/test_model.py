@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import smoke
 from train.checkpoint import ModelError, checkpoint_digest, load_model, save_model
-from train.model import build_model, count_params, make_predict_fn
+from train.model import build_model, count_params, make_predict_fn, max_pool_2x2
 from train.train import make_optimizer, train_step
 
 TINY = {"widths": (4, 8), "convs_per_block": 1, "dense": 16, "dropout_conv": 0.0, "dropout_dense": 0.0}
@@ -50,6 +50,13 @@ def test_predict_fn_probabilities():
     # eval mode: the same picture gives the same answer whatever else is in the batch
     single = np.asarray(predict(state, np.concatenate([images[:1], np.zeros_like(images[1:])])))
     np.testing.assert_allclose(single[0], probs[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 4), (1, 15, 9, 2)], ids=["even", "7x7", "odd"])
+def test_training_pool_equals_serving_pool(shape):
+    """Training pools with a reshape (fast backward), serving with max_pool: same values, odd edges dropped."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(nnx.max_pool(x, (2, 2), strides=(2, 2))))
 
 
 def _tiny_config(num_epochs=1):

@@ -32,8 +32,18 @@ class ConvBlock(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for conv, norm in zip(self.convs, self.norms):
             x = nnx.relu(norm(conv(x)))
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        # Both give the same values. XLA's CPU backward of max_pool (select-and-scatter) is slow:
+        # a (32, 64, 128) training step took 228 ms with it and 188 ms with the reshape, while
+        # serving is faster with max_pool (6,567 vs 6,015 img/s at batch 256, 2026-11-25).
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2)) if self.dropout.deterministic else max_pool_2x2(x)
         return self.dropout(x)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, VALID (an odd last row or column is dropped) as a reshape and a max."""
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class CNN(nnx.Module):
