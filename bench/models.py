@@ -15,20 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.run import machine
+from bench.run import img_per_s, machine
 from train.checkpoint import ModelError
 from train.predictor import load_predictor
-
-
-def img_per_s(predictor, size: int, seconds: float) -> float:
-    """Model-only throughput of one predictor at one batch size (after a compile/warm call)."""
-    x = np.zeros((size, *predictor.meta["input_shape"]), np.uint8)
-    predictor(x)
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        predictor(x)
-        n += size
-    return n / (time.perf_counter() - started)
 
 
 def compare(dirs: list[str], sizes: list[int], rounds: int, seconds: float) -> dict:

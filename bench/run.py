@@ -178,18 +178,20 @@ def fresh() -> str:
 
 
 # ------------------------------------------------------------ scenarios
+def img_per_s(predictor, size: int, seconds: float = 1.0) -> float:
+    """Model-only throughput of one predictor at one batch size (after a compile/warm call)."""
+    x = np.zeros((size, *predictor.meta["input_shape"]), np.uint8)
+    predictor(x)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        predictor(x)
+        n += size
+    return n / (time.perf_counter() - started)
+
+
 def bench_model(model_dir) -> dict:
     predictor = load_predictor(model_dir)
-    out = {}
-    for size in BUCKETS:
-        x = np.zeros((size, 28, 28, 1), np.uint8)
-        predictor(x)
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < 1.0:
-            predictor(x)
-            n += size
-        out[str(size)] = n / (time.perf_counter() - started)
-    return out
+    return {str(size): img_per_s(predictor, size) for size in BUCKETS}
 
 
 def throughput_runs(
