@@ -12,6 +12,7 @@ from flax import nnx
 from configs import smoke
 from train.checkpoint import ModelError, checkpoint_digest, load_model, save_model
 from train.model import build_model, count_params, make_predict_fn, max_pool_2x2
+from train.predictor import load_predictor
 from train.train import make_optimizer, train_step
 
 TINY = {"widths": (4, 8), "convs_per_block": 1, "dense": 16, "dropout_conv": 0.0, "dropout_dense": 0.0}
@@ -50,6 +51,37 @@ def test_predict_fn_probabilities():
     # eval mode: the same picture gives the same answer whatever else is in the batch
     single = np.asarray(predict(state, np.concatenate([images[:1], np.zeros_like(images[1:])])))
     np.testing.assert_allclose(single[0], probs[0], atol=1e-6)
+
+
+def test_flip_predict_averages_each_image_with_its_mirror():
+    model = _trained_tiny_model()
+    images, _ = _batch((28, 28, 1), 5, 4, seed=6)
+    mirrored = images[:, :, ::-1]
+    predict, state = make_predict_fn(model, temperature=0.5, flip=True)
+    probs = np.asarray(predict(state, images))
+    logits = 0.5 * (np.asarray(model(jnp.asarray(images))) + np.asarray(model(jnp.asarray(mirrored))))
+    expected = np.exp(logits / 0.5 - (logits / 0.5).max(-1, keepdims=True))
+    np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), atol=1e-5)
+    # a picture and its mirror image get the same answer; without flips they need not
+    np.testing.assert_allclose(np.asarray(predict(state, mirrored)), probs, atol=1e-5)
+    plain, plain_state = make_predict_fn(model, temperature=0.5)
+    assert not np.allclose(np.asarray(plain(plain_state, images)), probs, atol=1e-4)
+    # the temperature changes confidences, never the argmax
+    hot, hot_state = make_predict_fn(model, temperature=2.0, flip=True)
+    assert np.array_equal(np.asarray(hot(hot_state, images)).argmax(-1), probs.argmax(-1))
+
+
+def test_load_predictor_applies_the_recorded_temperature_and_flip(saved, tmp_path):
+    model, model_dir, written = saved
+    _copy(model_dir, tmp_path / "m")
+    meta = {**written, "temperature": 0.7, "test_time_flip": True}
+    (tmp_path / "m" / "metadata.json").write_text(json.dumps(meta))
+    images, _ = _batch((28, 28, 1), 6, 4, seed=7)
+    predict, state = make_predict_fn(model, 0.7, flip=True)
+    np.testing.assert_array_equal(load_predictor(tmp_path / "m")(images), np.asarray(predict(state, images)))
+    # a model saved before either existed: temperature 1, no flip
+    predict, state = make_predict_fn(model)
+    np.testing.assert_array_equal(load_predictor(model_dir)(images), np.asarray(predict(state, images)))
 
 
 @pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 4), (1, 15, 9, 2)], ids=["even", "7x7", "odd"])

@@ -121,3 +121,13 @@ def test_too_few_images_for_a_batch_is_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
     # 6 pictures: 1 held out for testing, 1 of the other 5 for validation (smoke's validation_size 0.1)
     assert proc.stderr.splitlines() == ["error: 4 training images is fewer than one batch of 32"]
+
+
+@pytest.mark.timeout(60)
+def test_test_time_flip_without_training_flips_is_one_line_error(tmp_path):
+    proc = train_smoke(tmp_path / "out", "--config.test_time_flip=True", "--config.augment.hflip=False")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: test_time_flip averages each image with its mirror image: train with augment.hflip=True"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -92,13 +92,15 @@ def count_params(model: nnx.Module) -> int:
 
 
 def make_predict_fn(
-    model: CNN, temperature: float = 1.0
+    model: CNN, temperature: float = 1.0, flip: bool = False
 ) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
     """Split an eval-mode model once and return (jitted predict(state, uint8) -> probs, state).
 
     The one predict function: training's evaluation, `train.evaluate`, `train.predict` and the
     server all call it, so they agree bit for bit. `temperature` (fitted on validation data,
     stored in metadata.json) divides the logits; it changes confidences, never the argmax.
+    `flip` (test-time augmentation, metadata's "test_time_flip") averages the logits of each image
+    and its mirror image; it doubles the model's work, so it is only for models trained with flips.
     A plain `jax.jit` over the split state avoids nnx.jit's per-call Python graph traversal,
     which matters on the serving hot path.
     """
@@ -108,7 +110,14 @@ def make_predict_fn(
 
     @jax.jit
     def predict(state: nnx.State, images: jax.Array) -> jax.Array:
-        return jax.nn.softmax(nnx.merge(graphdef, state)(images) * inv_t, axis=-1)
+        net = nnx.merge(graphdef, state)
+        if flip:
+            # One forward pass over [images; mirrored] rather than two calls: one batch of 2N.
+            both = net(jnp.concatenate([images, images[:, :, ::-1]]))
+            logits = 0.5 * (both[: images.shape[0]] + both[images.shape[0] :])
+        else:
+            logits = net(images)
+        return jax.nn.softmax(logits * inv_t, axis=-1)
 
     return predict, state
 

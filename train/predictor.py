@@ -30,7 +30,10 @@ class Predictor:
 
 
 def load_predictor(model_dir: str | Path = DEFAULT_MODEL_DIR, verify: bool = True) -> Predictor:
-    """Restore a model and wrap it with the temperature its metadata.json records (1.0 if none)."""
+    """Restore a model and wrap it with the temperature and test-time flip its metadata.json records.
+
+    Models saved before either existed predict with temperature 1.0 and no flip.
+    """
     model, meta = load_model(model_dir, verify)
-    predict, state = make_predict_fn(model, meta.get("temperature", 1.0))
+    predict, state = make_predict_fn(model, meta.get("temperature", 1.0), meta.get("test_time_flip", False))
     return Predictor(predict, state, meta)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from train import calibration
 from train import data as data_lib
-from train.checkpoint import save_model
+from train.checkpoint import ModelError, save_model
 from train.evaluate import accuracy_report
 from train.model import CNN, build_model, count_params, make_predict_fn, predict_in_batches
 
@@ -162,9 +162,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch = len(train_ds) // config.batch_size
     if steps_per_epoch == 0:
         raise data_lib.DatasetError(f"{len(train_ds)} training images is fewer than one batch of {config.batch_size}")
+    if config.test_time_flip and not config.augment.hflip:
+        raise ModelError("test_time_flip averages each image with its mirror image: train with augment.hflip=True")
     optimizer = make_optimizer(model, config, steps_per_epoch)
     averaged = nnx.clone(model)  # holds the EMA weights; eval mode from here on
-    predict, _ = make_predict_fn(averaged)
+    # Validation sees what serving will see, flips included, so the epoch and temperature fit it.
+    predict, _ = make_predict_fn(averaged, flip=config.test_time_flip)
     ema = best = nnx.state(model, AVERAGED)
     rng, key = np.random.default_rng(config.seed), jax.random.key(config.seed)
     history, best_epoch, best_acc = [], 0, -1.0
@@ -186,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raw_val = predict_in_batches(predict, nnx.state(averaged), val_ds.images, config.eval_batch_size)
     temperature = calibration.fit_temperature(raw_val, val_ds.labels)
     raw_test = predict_in_batches(predict, nnx.state(averaged), test_ds.images, config.eval_batch_size)
-    served, state = make_predict_fn(averaged, temperature)
+    served, state = make_predict_fn(averaged, temperature, config.test_time_flip)
     probs = predict_in_batches(served, state, test_ds.images, config.eval_batch_size)
     report = accuracy_report(probs, test_ds.labels, test_ds.class_names)
     after = calibration.calibration_report(probs, test_ds.labels)
@@ -205,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "model_config": config.model.to_dict(),
         "eval_batch_size": config.eval_batch_size,
         "temperature": temperature,
+        "test_time_flip": bool(config.test_time_flip),
         "test_accuracy": report["accuracy"],
         "per_class_accuracy": report["per_class_accuracy"],
         "test_images": report["n"],
