@@ -35,6 +35,7 @@ def compare(dirs: list[str], sizes: list[int], rounds: int, seconds: float) -> d
             d: {
                 "test_accuracy": predictors[d].meta.get("test_accuracy"),
                 "param_count": predictors[d].meta.get("param_count"),
+                "test_time_flip": bool(predictors[d].meta.get("test_time_flip", False)),
                 "img_per_s": runs[d],
                 "median": {s: float(np.median(v)) for s, v in runs[d].items()},
             }
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(median {v['median'][s] / ref[s]:.2f}x the first)"
             for s in v["median"]
         )
-        print(f"{d} ({v['test_accuracy']:.2%}, {v['param_count']:,} parameters): {cells}")
+        flip = ", flip TTA: 2 forward passes per image" if v["test_time_flip"] else ""
+        print(f"{d} ({v['test_accuracy']:.2%}, {v['param_count']:,} parameters{flip}): {cells}")
     out = Path(args.out) / f"models-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
