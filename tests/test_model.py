@@ -62,6 +62,9 @@ def test_flip_predict_averages_each_image_with_its_mirror():
     logits = 0.5 * (np.asarray(model(jnp.asarray(images))) + np.asarray(model(jnp.asarray(mirrored))))
     expected = np.exp(logits / 0.5 - (logits / 0.5).max(-1, keepdims=True))
     np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), atol=1e-5)
+    # batch-independent like the plain function (the server pads buckets with zeros)
+    single = np.asarray(predict(state, np.concatenate([images[:1], np.zeros_like(images[1:])])))
+    np.testing.assert_allclose(single[0], probs[0], atol=1e-6)
     # a picture and its mirror image get the same answer; without flips they need not
     np.testing.assert_allclose(np.asarray(predict(state, mirrored)), probs, atol=1e-5)
     plain, plain_state = make_predict_fn(model, temperature=0.5)
