@@ -1,12 +1,12 @@
 """A fast recipe: a narrower net, three epochs, light regularisation.
 
 Command:   python -m train --config configs/quick.py --workdir /tmp/quick
-Runtime:   about 2 minutes on 2 CPU cores: 122 s wall on 2026-11-25 (AMD EPYC with AVX-512, ~9,000
-           img/s model-only at batch 256), while a test run shared the machine at low priority.
-Accuracy:  91.44% on the 10,000-image test set (models/fashion-mnist-quick, the second model for
+Runtime:   83 s wall (82 s in training) on 2026-11-26 on 2 CPU cores (AMD EPYC with AVX-512,
+           9,447-9,591 img/s model-only at batch 256 the same day), the machine otherwise idle.
+Accuracy:  91.57% on the 10,000-image test set (models/fashion-mnist-quick, the second model for
            `python -m streamer --compare`); 5,000 training images are held out for validation.
-           Re-run 2026-11-25 after training switched to the reshape max-pool: 91.35% in 168 s, sharing
-           the machine with a default training run.
+           Test ECE 0.79% before and 1.05% after temperature scaling (T = 0.971): without label
+           smoothing (inherited from the default since 2026-11-26) three epochs come out calibrated.
 
 Three epochs underfit rather than overfit, so this drops the default's dropout in the
 conv blocks, the random crop and random erasing, and uses a higher peak learning rate.
