@@ -193,19 +193,25 @@ async def wait_for_results(
         now = time.monotonic()
         if count != last_count:
             last_progress, last_count = now, count
-        if now >= next_postfix:  # running accuracy and p50 on each bar, twice a second
+        if now >= next_postfix:  # twice a second
             next_postfix = now + 0.5
-            for collector, bar in zip(collectors, bars):
-                accuracy, p50 = collector.running_stats()
-                if accuracy is not None:
-                    bar.set_postfix_str(f"acc {accuracy:.2%}, p50 {p50:.0f} ms" if p50 else f"acc {accuracy:.2%}")
+            _show_running(collectors, bars)
         if now > deadline or (published and now - last_progress > cfg.idle_timeout_s):
             log.warning("timed out waiting for results (%d/%d answered)", count, total)
             break
         await asyncio.sleep(0.05)
+    _show_running(collectors, bars)  # the final figures: the last update can be up to 0.5 s old
     if not published and publishing.done():
         sent_s = _published(publishing)
     return sent_s
+
+
+def _show_running(collectors, bars) -> None:
+    """Running accuracy and p50 latency on each progress bar."""
+    for collector, bar in zip(collectors, bars):
+        accuracy, p50 = collector.running_stats()
+        if accuracy is not None:
+            bar.set_postfix_str(f"acc {accuracy:.2%}, p50 {p50:.0f} ms" if p50 else f"acc {accuracy:.2%}")
 
 
 def _published(publishing: asyncio.Task):
