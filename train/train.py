@@ -155,6 +155,8 @@ def train_epoch(model, optimizer, ema, train_ds, config, epoch: int, rng, key) -
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train per `config`, choose the epoch on validation, fit the temperature, test once, save."""
+    if config.test_time_flip and not config.augment.hflip:  # a config error: say so before loading data
+        raise ModelError("test_time_flip averages each image with its mirror image: train with augment.hflip=True")
     started = time.time()
     train_ds, val_ds, test_ds = load_datasets(config)
     input_shape = train_ds.images.shape[1:]
@@ -162,8 +164,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch = len(train_ds) // config.batch_size
     if steps_per_epoch == 0:
         raise data_lib.DatasetError(f"{len(train_ds)} training images is fewer than one batch of {config.batch_size}")
-    if config.test_time_flip and not config.augment.hflip:
-        raise ModelError("test_time_flip averages each image with its mirror image: train with augment.hflip=True")
     optimizer = make_optimizer(model, config, steps_per_epoch)
     averaged = nnx.clone(model)  # holds the EMA weights; eval mode from here on
     # Validation sees what serving will see, flips included, so the epoch and temperature fit it.
