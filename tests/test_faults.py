@@ -363,7 +363,7 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
     assert not wrong, wrong[:10]
     assert set(predictions) == {f"good-{i}" for i in range(N_GOOD)}, "no bad message may yield a prediction"
     # Every good message: the same label as the offline evaluation of the same checkpoint.
-    offline = evaluate_model(model_dir, N_GOOD)["predictions"]
+    offline = evaluate_model(model_dir, N_GOOD).answers.prediction
     mismatches = [i for i in range(N_GOOD) if predictions[f"good-{i}"]["label"] != int(offline[i])]
     assert not mismatches, f"{len(mismatches)} predictions differ from offline, e.g. {mismatches[:5]}"
     # The server never restarted: same process, still serving, no crash in its log.

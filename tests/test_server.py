@@ -213,7 +213,7 @@ def test_a_20_digit_seq_costs_only_its_own_request(topology, start_server, model
     assert by_id["big-seq"]["error"] == "bad_attribute" and by_id["big-seq"]["stream"] == "big"
     from train.evaluate import evaluate_model
 
-    expected = int(evaluate_model(model_dir, 1)["predictions"][0])
+    expected = int(evaluate_model(model_dir, 1).answers.prediction[0])
     assert "error" not in by_id["ok-1"] and by_id["ok-1"]["label"] == expected
     time.sleep(2)
     assert server.proc.poll() is None, "the server must keep running"

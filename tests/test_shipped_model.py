@@ -51,11 +51,12 @@ def test_served_confidences_are_calibrated(metadata):
 
 @pytest.mark.timeout(120)
 def test_evaluate_reproduces_accuracy_and_ece_exactly(metadata):
+    from results import metrics
     from train.evaluate import evaluate_model
 
-    report = evaluate_model(MODEL_DIR)
-    assert report["accuracy"] == metadata["test_accuracy"]
-    assert report["calibration"]["ece"] == metadata["test_calibration"]["after_scaling"]["ece"]
+    result = evaluate_model(MODEL_DIR)
+    assert metrics.accuracy(result) == metadata["test_accuracy"]
+    assert metrics.calibration(result)["ece"] == metadata["test_calibration"]["after_scaling"]["ece"]
 
 
 def test_model_is_small(metadata):

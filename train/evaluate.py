@@ -3,8 +3,9 @@
     python -m train.evaluate [--model DIR] [--predictions FILE.csv] [--limit N]
 
 Uses the same batch size as training's final evaluation, so the accuracy it
-prints reproduces metadata.json exactly. The predictions file (one row per test
-image) is what the streamed report is compared against, prediction by prediction.
+prints reproduces metadata.json exactly. Its result is a run result like a
+streamed run's (results/run.py), which the streamed report is compared against,
+prediction by prediction; the predictions file holds one row per test image.
 """
 
 from __future__ import annotations
@@ -16,25 +17,29 @@ from pathlib import Path
 
 import numpy as np
 
-from train.calibration import calibration_report
-from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
-from train.data import DatasetError, load_fashion_mnist, take
+from results import metrics
+from results.run import Answers, Counters, ModelIdentity, RunInfo, RunResult, dataset_identity
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata
+from train.data import Dataset, DatasetError, load_fashion_mnist, take
 from train.model import predict_in_batches
 from train.predictor import load_predictor
 
 
-def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names) -> dict:
-    """Overall and per-class accuracy (None for a class with no images)."""
-    preds = probs.argmax(-1)
-    per_class = {
-        name: float((preds[labels == i] == i).mean()) if (labels == i).any() else None
-        for i, name in enumerate(class_names)
-    }
-    return {"accuracy": float((preds == labels).mean()), "per_class_accuracy": per_class, "n": int(len(labels))}
+def offline_result(probs: np.ndarray, data: Dataset, model: ModelIdentity | None = None) -> RunResult:
+    """A local prediction of every image of `data` (probabilities from the one predict function), as a run result."""
+    dataset, ids = dataset_identity(data)
+    return RunResult(
+        run=RunInfo(mode="offline", limit=len(data), dataset=data.name),
+        model=model or ModelIdentity(None),
+        dataset=dataset,
+        class_names=tuple(data.class_names),
+        answers=Answers.offline(ids, data.labels, probs),
+        counters=Counters(sent=len(data)),
+    )
 
 
-def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None = None, dataset=None) -> dict:
-    """Accuracy, per-class accuracy, calibration and per-image predictions of the model.
+def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None = None, dataset=None) -> RunResult:
+    """Every prediction of the model, with its confidence and probabilities, as a run result.
 
     On `dataset` (a train.data.Dataset) when given, else on Fashion-MNIST's test split; only
     its first `limit` images when a limit is given.
@@ -43,46 +48,50 @@ def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None 
     meta = predictor.meta
     test = take(dataset if dataset is not None else load_fashion_mnist("test"), limit)
     probs = predict_in_batches(predictor.predict, predictor.state, test.images, meta.get("eval_batch_size", 1000))
-    report = accuracy_report(probs, test.labels, meta["class_names"])
-    report.update(
-        calibration=calibration_report(probs, test.labels),
-        metadata_calibration=meta.get("test_calibration", {}).get("after_scaling"),
-        predictions=probs.argmax(-1),
-        confidences=probs.max(-1),
-        labels=test.labels,
-        metadata_accuracy=meta["test_accuracy"],
-        model_digest=meta["checkpoint_sha256"],
-        class_names=meta["class_names"],
-    )
-    return report
+    identity = meta["checkpoint_sha256"][:16]
+    return offline_result(probs, test, ModelIdentity(identity, (identity,), str(model_dir)))
 
 
-def write_predictions(path: str | Path, report: dict) -> None:
+def matches_metadata(result: RunResult, meta: dict) -> bool | None:
+    """Does an evaluation of the whole test set reproduce the accuracy and ECE metadata.json records?
+    None when the result is not of the set metadata.json describes."""
+    if len(result.answers) != meta.get("test_images", 10000):
+        return None
+    same = metrics.accuracy(result) == meta["test_accuracy"]
+    recorded = meta.get("test_calibration", {}).get("after_scaling")
+    if recorded is not None:
+        same = same and metrics.calibration(result)["ece"] == recorded["ece"]
+    return same
+
+
+def write_predictions(path: str | Path, result: RunResult) -> None:
     """CSV: index,label,prediction,confidence (language-neutral, diffable)."""
+    a = result.answers
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["index", "label", "prediction", "confidence"])
-        for i, (y, p, c) in enumerate(zip(report["labels"], report["predictions"], report["confidences"])):
-            out.writerow([i, int(y), int(p), f"{float(c):.6f}"])
+        for i, y, p, c in zip(a.index, a.label, a.prediction, a.confidence):
+            out.writerow([int(i), int(y), int(p), f"{float(c):.6f}"])
 
 
-def print_report(report: dict) -> None:
-    print(f"model {report['model_digest'][:12]}  test images {report['n']}")
-    for name, acc in report["per_class_accuracy"].items():
-        print(f"  {name:<12} {acc:7.2%}" if acc is not None else f"  {name:<12}     n/a (no test images)")
-    print(f"accuracy {report['accuracy']:.4%} ({int(round(report['accuracy'] * report['n']))}/{report['n']})")
-    cal = report["calibration"]
+def print_report(result: RunResult, meta: dict) -> None:
+    n, accuracy = len(result.answers), metrics.accuracy(result)
+    print(f"model {meta['checkpoint_sha256'][:12]}  test images {n}")
+    for row in metrics.per_class(result):
+        acc = row["accuracy"]
+        print(
+            f"  {row['class']:<12} {acc:7.2%}" if acc is not None else f"  {row['class']:<12}     n/a (no test images)"
+        )
+    print(f"accuracy {accuracy:.4%} ({int(round(accuracy * n))}/{n})")
+    cal = metrics.calibration(result)
     print(
-        f"calibration: ECE {cal['ece']:.2%} (15 bins), max bin gap {cal['max_gap']:.2%}, "
+        f"calibration: ECE {cal['ece']:.2%} ({metrics.ECE_BINS} bins), max bin gap {cal['max_gap']:.2%}, "
         f"mean confidence {cal['mean_confidence']:.2%} vs accuracy {cal['accuracy']:.2%}, "
         f"NLL {cal['nll']:.4f}, Brier {cal['brier']:.4f}"
     )
-    if report["n"] == 10000:
-        same = report["accuracy"] == report["metadata_accuracy"]
-        meta_cal = report["metadata_calibration"]
-        if meta_cal is not None:
-            same = same and cal["ece"] == meta_cal["ece"]
-        print("matches metadata.json" if same else f"DIFFERS from metadata.json ({report['metadata_accuracy']:.4%})")
+    same = matches_metadata(result, meta)
+    if same is not None:
+        print("matches metadata.json" if same else f"DIFFERS from metadata.json ({meta['test_accuracy']:.4%})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="evaluate only the first N test images")
     args = parser.parse_args(argv)
     try:
-        report = evaluate_model(args.model, args.limit)
+        result = evaluate_model(args.model, args.limit)
+        meta = load_metadata(args.model)
     except (DatasetError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_report(report)
+    print_report(result, meta)
     if args.predictions:
-        write_predictions(args.predictions, report)
+        write_predictions(args.predictions, result)
         print(f"predictions -> {args.predictions}")
     return 0
 
