@@ -134,7 +134,7 @@ def offline_check(streamed: RunResult, offline: RunResult) -> OfflineCheck:
     matched by identity, must get the same label, every one of them."""
     rs, ro, _ = pair(streamed, offline)
     differ = streamed.answers.prediction[rs] != offline.answers.prediction[ro]
-    mismatches = [int(i) for i in streamed.answers.index[rs][differ]]
+    mismatches = sorted(int(i) for i in streamed.answers.index[rs][differ])
     unpaired = len(streamed.answers) - len(rs)
     return OfflineCheck(
         model=str(offline.model.identity),
