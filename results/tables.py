@@ -149,5 +149,5 @@ def render_page(title: str, sections: Sequence[Section], form: str, image_src: C
         return "\n\n".join(parts) + "\n"
     parts = [title]
     for heading, blocks in sections:
-        parts += [f"\n{heading}"] + [render_block(block, form) for block in blocks]
+        parts += [heading] + [render_block(block, form) for block in blocks]
     return "\n\n".join(parts)
