@@ -28,6 +28,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from results.machine import describe as describe_machine
 from streamer.compare import delta
 
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI.
@@ -113,6 +114,7 @@ def _summary_table(summary: dict) -> Table:
         ["Dataset / images", f"{_fmt(run.get('dataset'))} / {_fmt(run.get('limit'))}"],
         ["Streams", _fmt(run.get("streams"))],
         ["Broker / content type", f"{_fmt(run.get('broker'))} / {_fmt(run.get('content_type'))}"],
+        ["Machine", describe_machine(run.get("machine"))],
     ]
     return ["Metric", "Value"], rows
 
@@ -710,6 +712,7 @@ def render_terminal(summary: dict, out_dir: str | Path | None = None) -> str:
         f"  (wall {_fmt(run.get('wall_s'), 1, ' s')})",
         f"  setup       {_fmt(run.get('server_mode'))} server, {_fmt(run.get('replicas'))} replica(s), "
         f"{_fmt(run.get('streams'))} stream(s), broker {_fmt(run.get('broker'))}",
+        f"  machine     {describe_machine(run.get('machine'))}",
         f"  warm-up     {_warm_up_text(run)}",
         f"  model       {_model_identity_text(summary)}",
         f"  images      sent {_fmt(counts.get('sent'))}   answered {_fmt(counts.get('answered'))}"
@@ -762,10 +765,13 @@ def _offline_text(offline: dict | None) -> str:
     verdict = (
         "identical, prediction by prediction"
         if offline.get("identical")
-        else (f"{len(offline.get('mismatches') or [])} mismatch(es)")
+        else "; ".join([f"{len(offline.get('mismatches') or [])} mismatch(es)", *offline.get("differences", [])])
     )
+    spread = ""
+    if offline.get("max_confidence_diff") is not None:  # reports written before the tolerance rule lack it
+        spread = f"; confidences within {offline['max_confidence_diff']:.1g} (allowed {offline['tolerance']:g})"
     return (
-        f"{_fmt(offline.get('agree'))}/{_fmt(offline.get('compared'))} agree; {verdict}; "
+        f"{_fmt(offline.get('agree'))}/{_fmt(offline.get('compared'))} agree; {verdict}{spread}; "
         f"offline accuracy {_pct(offline.get('offline_accuracy'))}"
     )
 

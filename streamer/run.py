@@ -21,6 +21,8 @@ from broker import wire
 from broker.errors import BrokerError
 from broker.pubsub import BulkPublisher, Puller, Topology, broker_session, ensure_topology, fresh_emulator, pull_all
 from configs import from_args
+from results import agreement
+from results.machine import machine
 from streamer.collector import Collector, ResultPump
 from streamer.datasets import load_dataset
 from streamer.stream import publish_dataset
@@ -157,6 +159,7 @@ async def stream_and_collect(
         if os.environ.get("PUBSUB_EMULATOR_HOST")
         else f"project {topo.project}",
         "versions": _versions(),
+        "machine": machine(),
         "interrupted": stop.is_set(),
     }
     return [collector.summary(run, sent_s, dead_lettered=dead) for collector in collectors]
@@ -243,19 +246,30 @@ def _versions() -> dict:
 def verify_offline(summary: dict, model_dir, data: Dataset) -> dict:
     """Compare every streamed prediction with `python -m train.evaluate` on the same checkpoint and images.
 
-    Same loader, same predict function, same batch size; no broker.
+    Same loader, same predict function, same batch size; no broker. The rule is results/agreement.py's:
+    labels identical, confidences within its tolerance (the server's batch sizes differ from the
+    offline one's, and XLA's last float digits with them).
     """
     offline = evaluate_model(model_dir, dataset=data)
-    predictions = offline["predictions"]
-    streamed = {p["index"]: p["prediction"] for p in summary["predictions"]}
-    mismatches = [i for i, pred in streamed.items() if predictions[i] != pred]
+    streamed = sorted(summary["predictions"], key=lambda p: p["index"])
+    index = np.array([p["index"] for p in streamed], int)
+    check = agreement.compare_predictions(
+        offline["predictions"][index],
+        np.array([p["prediction"] for p in streamed], int),
+        offline["confidences"][index],
+        np.array([p["confidence"] for p in streamed], np.float64),
+    )
+    mismatches = index[check.label_mismatches].tolist()
     return {
         "model": offline["model_digest"][:16],
         "offline_accuracy": offline["accuracy"],
-        "compared": len(streamed),
-        "agree": len(streamed) - len(mismatches),
+        "compared": check.compared,
+        "agree": check.compared - len(mismatches),
         "mismatches": mismatches[:100],
-        "identical": not mismatches and len(streamed) == len(predictions),
+        "max_confidence_diff": check.max_confidence_diff,
+        "tolerance": agreement.TOLERANCE,
+        "differences": [str(d) for d in check.differences],
+        "identical": check.ok and check.compared == len(offline["predictions"]),
     }
 
 
@@ -388,7 +402,9 @@ def run_verdict(summary: dict) -> tuple[int, str]:
         return EXIT_INCOMPLETE, f"failed: {counts['request_errors']} requests got an error result ({reasons})"
     if offline is not None and not offline["identical"]:
         differ = offline["compared"] - offline["agree"]
-        return EXIT_MISMATCH, f"mismatch: {differ} streamed predictions differ from the offline evaluation"
+        what = "; ".join(offline.get("differences") or []) or "incomplete comparison"
+        detail = f"{differ} streamed predictions differ" if differ else what
+        return EXIT_MISMATCH, f"mismatch: {detail} from the offline evaluation"
     return EXIT_OK, f"ok: {counts['answered']}/{counts['sent']} answered" + (
         ", identical to the offline evaluation" if offline else ""
     )

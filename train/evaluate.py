@@ -2,22 +2,26 @@
 
     python -m train.evaluate [--model DIR] [--predictions FILE.csv] [--limit N]
 
-Uses the same batch size as training's final evaluation, so the accuracy it
-prints reproduces metadata.json exactly. The predictions file (one row per test
-image) is what the streamed report is compared against, prediction by prediction.
+Uses the same batch size as training's final evaluation, so its labels reproduce the ones
+metadata.json records, image by image, and its float figures agree within the one tolerance of
+results/agreement.py (the last float digits depend on the machine's instruction set). The
+predictions file (one row per test image) is what the streamed report is compared against,
+prediction by prediction.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from train.calibration import calibration_report
-from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
+from results import agreement
+from train.calibration import ECE_BINS, calibration_report
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, decode_predictions
 from train.data import DatasetError, load_fashion_mnist, take
 from train.model import predict_in_batches
 from train.predictor import load_predictor
@@ -51,6 +55,8 @@ def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None 
         confidences=probs.max(-1),
         labels=test.labels,
         metadata_accuracy=meta["test_accuracy"],
+        metadata_test_images=meta.get("test_images"),
+        metadata_predictions=meta.get("test_predictions"),
         model_digest=meta["checkpoint_sha256"],
         class_names=meta["class_names"],
     )
@@ -77,12 +83,35 @@ def print_report(report: dict) -> None:
         f"mean confidence {cal['mean_confidence']:.2%} vs accuracy {cal['accuracy']:.2%}, "
         f"NLL {cal['nll']:.4f}, Brier {cal['brier']:.4f}"
     )
-    if report["n"] == 10000:
-        same = report["accuracy"] == report["metadata_accuracy"]
-        meta_cal = report["metadata_calibration"]
-        if meta_cal is not None:
-            same = same and cal["ece"] == meta_cal["ece"]
-        print("matches metadata.json" if same else f"DIFFERS from metadata.json ({report['metadata_accuracy']:.4%})")
+    check = check_against_metadata(report)
+    if check is not None:
+        print("matches metadata.json" if check.ok else f"DIFFERS from metadata.json: {check.describe()}")
+
+
+def check_against_metadata(report: dict) -> agreement.Agreement | None:
+    """The evaluation against what training recorded: labels identical, floats within the tolerance.
+
+    None when the report is not of the recorded test set (another size, or another dataset).
+    Models trained before per-image predictions were recorded are checked on their figures only.
+    """
+    recorded = report.get("metadata_predictions")
+    if recorded is not None and recorded.get("n") == report["n"]:
+        labels, confidences = decode_predictions(recorded)
+        check = agreement.compare_predictions(labels, report["predictions"], confidences, report["confidences"])
+        ece_allowed = agreement.ece_allowance(confidences, ECE_BINS)
+    elif recorded is None and report["n"] == (report.get("metadata_test_images") or 10000):
+        # A crossing needs both confidences within the tolerance of the edge: either side can stand in.
+        check = agreement.Agreement(report["n"], [], 0.0, [])
+        ece_allowed = agreement.ece_allowance(report["confidences"], ECE_BINS)
+    else:
+        return None
+    expected = {"accuracy": report["metadata_accuracy"], **(report["metadata_calibration"] or {})}
+    got = {"accuracy": report["accuracy"], **report["calibration"]}
+    # Accuracy is a count of identical labels: any difference is a real one.
+    allowed = {"accuracy": 0.0, "ece": ece_allowed, "mean_confidence": agreement.TOLERANCE}
+    allowed |= {"nll": agreement.TOLERANCE, "brier": agreement.TOLERANCE}
+    differences = agreement.compare_figures(expected, got, allowed)
+    return dataclasses.replace(check, differences=check.differences + differences)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Run results, their figures and comparisons: the bottom layer that train, server, streamer and bench share."""
