@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.run import img_per_s, machine
+from results.machine import describe as describe_machine
 from train.checkpoint import ModelError
 from train.predictor import load_predictor
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     m = r["machine"]
-    print(f"{m['cpu']}, {m['cores']} cores, AVX-512: {'yes' if m['avx512'] else 'no'}")
+    print(describe_machine(m))
     ref = r["models"][args.models[0]]["median"]
     for d, v in r["models"].items():
         cells = ", ".join(

@@ -16,7 +16,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ from broker import process, wire
 from broker.emulator import Emulator, free_port
 from broker.pubsub import EMULATOR_PROJECT, Publisher, PublishSettings, Topology, ensure_topology
 from configs import load_config
+from results.machine import describe as describe_machine
+from results.machine import machine as results_machine
 from results.tables import Cell, Table, cells, render
 from train.checkpoint import DEFAULT_MODEL_DIR
 from train.data import load_fashion_mnist
@@ -358,27 +359,11 @@ def cold_start(repeats: int) -> dict:
 
 # ------------------------------------------------------------ reporting
 def machine() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    """The CPU kind (results.machine: model, AVX-512, the ISA XLA uses under XLA_FLAGS, cores) and the versions."""
     from importlib.metadata import version
 
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
     return {
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "avx512": any(f.startswith("avx512") for f in flags),
-        "flags": sorted(f for f in flags if f.startswith(("avx", "fma", "amx", "sse4"))),
-        "python": platform.python_version(),
+        **results_machine(),
         "versions": {p: version(p) for p in ("jax", "flax", "google-cloud-pubsub", "grpcio", "numpy")},
         "emulator": "google-cloud-cli-pubsub-emulator (gcloud SDK) " + _gcloud_version(),
     }
@@ -599,10 +584,8 @@ def render_markdown(r: dict, plots: dict, docs_dir: Path, previous: dict | None 
     lines = [
         f"## Latest run: {r['date']}",
         "",
-        f"Machine: {m['cores']} cores, {m['cpu']}, AVX-512 {'yes' if m.get('avx512') else 'no'} "
-        f"(flags: {' '.join(m.get('flags', []))}); Python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-        + f"; {m['emulator']}.",
+        f"Machine: {describe_machine(m)} (CPU flags: {' '.join(m.get('cpu_flags', m.get('flags', [])))}); "
+        f"Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {m['emulator']}.",
         f"Settings: {json.dumps(r['settings'])}. Repeats: {r['repeats']} (min / median / max).",
         "",
         render(verdict_table(r), "markdown"),
@@ -611,8 +594,7 @@ def render_markdown(r: dict, plots: dict, docs_dir: Path, previous: dict | None 
         pm = previous["machine"]
         lines += [
             "",
-            f"Side by side with the previous run ({previous['date']}: {pm['cpu']}, {pm['cores']} cores, "
-            f"AVX-512 {'yes' if pm.get('avx512') else 'not recorded' if 'avx512' not in pm else 'no'}):",
+            f"Side by side with the previous run ({previous['date']}: {describe_machine(pm)}):",
             "",
             render(previous_table(r, previous), "markdown"),
         ]
@@ -737,9 +719,7 @@ def main(args) -> int:
     json_path, md_path = write_outputs(r, REPO / args.out, REPO / args.docs)
     print()
     m = r["machine"]
-    print(
-        f"  machine: {m['cpu']}, {m['cores']} cores, AVX-512 {'yes' if m['avx512'] else 'no'}, flags {' '.join(m['flags'])}"
-    )
+    print(f"  machine: {describe_machine(m)}")
     print(render(verdict_table(r), "terminal"))
     print(f"\nbench took {r['wall_s']:.0f}s -> {json_path}, {md_path}")
     return 0

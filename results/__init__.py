@@ -1,1 +1,1 @@
-"""The results layer: one typed run result, its figures, comparisons and tables (imports no other package here)."""
+"""Run results, their figures and comparisons: the bottom layer that train, server, streamer and bench share."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.stats import binomtest
 
-from results import metrics
+from results import agreement, metrics
 from results.run import OfflineCheck
 from results.tables import Block, Cell, Table, cells
 
@@ -130,19 +130,24 @@ def compare(a: RunResult, b: RunResult, fa: dict | None = None, fb: dict | None 
 
 
 def offline_check(streamed: RunResult, offline: RunResult) -> OfflineCheck:
-    """The streamed predictions against an offline evaluation of the same checkpoint: the same images,
-    matched by identity, must get the same label, every one of them."""
+    """The streamed predictions against an offline evaluation of the same checkpoint, by results/agreement.py's
+    rule: the same images (matched by identity) get identical labels, and confidences within its tolerance
+    (the server's batch sizes differ from the offline one's, and XLA's last float digits with them)."""
     rs, ro, _ = pair(streamed, offline)
-    differ = streamed.answers.prediction[rs] != offline.answers.prediction[ro]
-    mismatches = sorted(int(i) for i in streamed.answers.index[rs][differ])
-    unpaired = len(streamed.answers) - len(rs)
+    s, o = streamed.answers, offline.answers
+    check = agreement.compare_predictions(o.prediction[ro], s.prediction[rs], o.confidence[ro], s.confidence[rs])
+    mismatches = sorted(int(s.index[rs[k]]) for k in check.label_mismatches)
+    unpaired = len(s) - len(rs)
     return OfflineCheck(
         model=str(offline.model.identity),
         offline_accuracy=metrics.accuracy(offline),
-        compared=len(streamed.answers),
+        compared=len(s),
         agree=len(rs) - len(mismatches),
         mismatches=mismatches[:100],
-        identical=not mismatches and not unpaired and len(rs) == len(offline.answers),
+        identical=check.ok and not unpaired and len(rs) == len(o),
+        max_confidence_diff=check.max_confidence_diff,
+        tolerance=agreement.TOLERANCE,
+        differences=[str(d) for d in check.differences],
     )
 
 

@@ -61,6 +61,7 @@ class RunInfo:
     content_type: str | None = None
     broker: str | None = None
     versions: dict = dataclasses.field(default_factory=dict)
+    machine: dict | None = None  # results/machine.py: the CPU kind the figures were measured on
     interrupted: bool = False
     warm_up: dict | None = None
 
@@ -194,6 +195,9 @@ class OfflineCheck:
     agree: int
     mismatches: list[int]  # image indices, the first 100
     identical: bool
+    max_confidence_diff: float | None = None  # over the images with the same label
+    tolerance: float | None = None  # results/agreement.py's, for the confidences
+    differences: list[str] = dataclasses.field(default_factory=list)  # what differs beyond it
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ import numpy as np
 
 from results import run as run_json
 from results.compare import compare, comparison_blocks, comparison_tables, model_text, verdict
+from results.machine import describe as describe_machine
 from results.run import RunResult
 from results.tables import Block, Cell, Section, Table, cells, fmt, render, render_page
 from streamer.figures import GALLERY_PNG, PLOTS, Shown, gallery_figure, save_figure
@@ -66,6 +67,7 @@ def _summary_table(shown: Shown) -> Table:
         ["Dataset / images", f"{fmt(run.dataset, 'text')} / {fmt(run.limit)}"],
         ["Streams", Cell(run.streams, "count")],
         ["Broker / content type", f"{fmt(run.broker, 'text')} / {fmt(run.content_type, 'text')}"],
+        ["Machine", describe_machine(run.machine)],
     ]
     return Table(["Metric", "Value"], rows)
 
@@ -80,9 +82,16 @@ def _offline_text(r: RunResult) -> str:
     offline = r.offline
     if offline is None:
         return "not run"
-    verdict = "identical, prediction by prediction" if offline.identical else f"{len(offline.mismatches)} mismatch(es)"
+    verdict = (
+        "identical, prediction by prediction"
+        if offline.identical
+        else "; ".join([f"{len(offline.mismatches)} mismatch(es)", *offline.differences])
+    )
+    spread = ""
+    if offline.max_confidence_diff is not None:
+        spread = f"; confidences within {offline.max_confidence_diff:.1g} (allowed {offline.tolerance:g})"
     return (
-        f"{offline.agree}/{offline.compared} agree; {verdict}; "
+        f"{offline.agree}/{offline.compared} agree; {verdict}{spread}; "
         f"offline accuracy {fmt(offline.offline_accuracy, 'percent')}"
     )
 
@@ -243,6 +252,7 @@ def render_terminal(result: RunResult, out_dir: str | Path | None = None, compar
         f"  (wall {fmt(run.wall_s, 'seconds')})",
         f"  setup       {fmt(run.server_mode, 'text')} server, {fmt(run.replicas)} replica(s), "
         f"{fmt(run.streams)} stream(s), broker {fmt(run.broker, 'text')}",
+        f"  machine     {describe_machine(run.machine)}",
         f"  warm-up     {_warm_up_text(r)}",
         f"  model       {model_text(r)}",
         f"  images      sent {counts['sent']}   answered {counts['answered']}   missing {counts['missing']}",

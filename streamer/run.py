@@ -24,6 +24,7 @@ from broker.pubsub import BulkPublisher, Puller, Topology, broker_session, ensur
 from configs import from_args
 from results import metrics
 from results.compare import offline_check
+from results.machine import machine
 from results.run import OfflineCheck, RunInfo, RunResult, dataset_identity
 from streamer.collector import Collector, ResultPump
 from streamer.datasets import load_dataset
@@ -161,6 +162,7 @@ async def stream_and_collect(
         if os.environ.get("PUBSUB_EMULATOR_HOST")
         else f"project {topo.project}",
         versions=_versions(),
+        machine=machine(),
         interrupted=stop.is_set(),
     )
     return [collector.result(run, dataset, sent_s, dead_lettered=dead) for collector in collectors]
@@ -248,7 +250,9 @@ def verify_offline(result: RunResult, model_dir, data: Dataset) -> OfflineCheck:
     """Every streamed prediction against `python -m train.evaluate` on the same checkpoint and images:
     two run results over the same images, compared (results/compare.py: offline_check).
 
-    Same loader, same predict function, same batch size; no broker.
+    Same loader, same predict function, same batch size; no broker. The rule is results/agreement.py's:
+    labels identical, confidences within its tolerance (the server's batch sizes differ from the
+    offline one's, and XLA's last float digits with them).
     """
     return offline_check(result, evaluate_model(model_dir, dataset=data))
 
@@ -379,7 +383,9 @@ def run_verdict(result: RunResult) -> tuple[int, str]:
         return EXIT_INCOMPLETE, f"failed: {counts['request_errors']} requests got an error result ({reasons})"
     if offline is not None and not offline.identical:
         differ = offline.compared - offline.agree
-        return EXIT_MISMATCH, f"mismatch: {differ} streamed predictions differ from the offline evaluation"
+        what = "; ".join(offline.differences) or "incomplete comparison"
+        detail = f"{differ} streamed predictions differ" if differ else what
+        return EXIT_MISMATCH, f"mismatch: {detail} from the offline evaluation"
     return EXIT_OK, f"ok: {counts['answered']}/{counts['sent']} answered" + (
         ", identical to the offline evaluation" if offline else ""
     )

@@ -22,6 +22,8 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SMOKE_CONFIG = "configs/smoke.py"
 METADATA_KEYS = (
     "dataset",
+    "machine",
+    "test_predictions",
     "class_names",
     "input_shape",
     "config",

@@ -34,6 +34,8 @@ def test_smoke_training_writes_model(smoke):
     assert isinstance(meta["param_count"], int) and meta["param_count"] > 0
     assert meta["train_time_s"] > 0
     assert set(meta["versions"]) >= {"jax", "flax", "optax"}
+    assert meta["machine"]["cores"] >= 1 and meta["machine"]["isa"] and "xla_flags" in meta["machine"]
+    assert meta["test_predictions"]["n"] == 500
     assert meta["checkpoint_sha256"] == checkpoint_digest(smoke / "checkpoint")
 
 
@@ -54,6 +56,7 @@ def test_evaluate_reproduces_metadata_accuracy(smoke, tmp_path):
     assert match, proc.stdout
     assert int(match.group(2)) == correct
     assert all(0.0 < float(r["confidence"]) <= 1.0 for r in rows)
+    assert "matches metadata.json" in proc.stdout.splitlines(), proc.stdout
 
 
 @pytest.mark.timeout(240)

@@ -2,24 +2,26 @@
 
     python -m train.evaluate [--model DIR] [--predictions FILE.csv] [--limit N]
 
-Uses the same batch size as training's final evaluation, so the accuracy it
-prints reproduces metadata.json exactly. Its result is a run result like a
-streamed run's (results/run.py), which the streamed report is compared against,
-prediction by prediction; the predictions file holds one row per test image.
+Uses the same batch size as training's final evaluation, so its labels reproduce the ones
+metadata.json records, image by image, and its float figures agree within the one tolerance of
+results/agreement.py (the last float digits depend on the machine's instruction set). Its result
+is a run result like a streamed run's (results/run.py), which the streamed report is compared
+against, prediction by prediction; the predictions file holds one row per test image.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from results import metrics
+from results import agreement, metrics
 from results.run import Answers, Counters, ModelIdentity, RunInfo, RunResult, dataset_identity
-from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, decode_predictions, load_metadata
 from train.data import Dataset, DatasetError, load_fashion_mnist, take
 from train.model import predict_in_batches
 from train.predictor import load_predictor
@@ -52,16 +54,33 @@ def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None 
     return offline_result(probs, test, ModelIdentity(identity, (identity,), str(model_dir)))
 
 
-def matches_metadata(result: RunResult, meta: dict) -> bool | None:
-    """Does an evaluation of the whole test set reproduce the accuracy and ECE metadata.json records?
-    None when the result is not of the set metadata.json describes."""
-    if len(result.answers) != meta.get("test_images", 10000):
+def check_against_metadata(result: RunResult, meta: dict) -> agreement.Agreement | None:
+    """The evaluation against what training recorded (metadata.json): labels identical, floats within
+    results/agreement.py's tolerance.
+
+    None when the result is not of the recorded test set (another size, or another dataset).
+    Models trained before per-image predictions were recorded are checked on their figures only.
+    """
+    n, answers = len(result.answers), result.answers
+    recorded = meta.get("test_predictions")
+    if recorded is not None and recorded.get("n") == n:
+        labels, confidences = decode_predictions(recorded)
+        check = agreement.compare_predictions(labels, answers.prediction, confidences, answers.confidence)
+        ece_allowed = agreement.ece_allowance(confidences, metrics.ECE_BINS)
+    elif recorded is None and n == (meta.get("test_images") or 10000):
+        # A crossing needs both confidences within the tolerance of the edge: either side can stand in.
+        check = agreement.Agreement(n, [], 0.0, [])
+        ece_allowed = agreement.ece_allowance(answers.confidence, metrics.ECE_BINS)
+    else:
         return None
-    same = metrics.accuracy(result) == meta["test_accuracy"]
-    recorded = meta.get("test_calibration", {}).get("after_scaling")
-    if recorded is not None:
-        same = same and metrics.calibration(result)["ece"] == recorded["ece"]
-    return same
+    recorded_calibration = meta.get("test_calibration", {}).get("after_scaling") or {}
+    expected = {"accuracy": meta["test_accuracy"], **recorded_calibration}
+    got = {"accuracy": metrics.accuracy(result), **metrics.calibration(result)}
+    # Accuracy is a count of identical labels: any difference is a real one.
+    allowed = {"accuracy": 0.0, "ece": ece_allowed, "mean_confidence": agreement.TOLERANCE}
+    allowed |= {"nll": agreement.TOLERANCE, "brier": agreement.TOLERANCE}
+    differences = agreement.compare_figures(expected, got, allowed)
+    return dataclasses.replace(check, differences=check.differences + differences)
 
 
 def write_predictions(path: str | Path, result: RunResult) -> None:
@@ -89,9 +108,9 @@ def print_report(result: RunResult, meta: dict) -> None:
         f"mean confidence {cal['mean_confidence']:.2%} vs accuracy {cal['accuracy']:.2%}, "
         f"NLL {cal['nll']:.4f}, Brier {cal['brier']:.4f}"
     )
-    same = matches_metadata(result, meta)
-    if same is not None:
-        print("matches metadata.json" if same else f"DIFFERS from metadata.json ({meta['test_accuracy']:.4%})")
+    check = check_against_metadata(result, meta)
+    if check is not None:
+        print("matches metadata.json" if check.ok else f"DIFFERS from metadata.json: {check.describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
