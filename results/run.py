@@ -137,35 +137,37 @@ class Answers:
             probs=None if probs is None else np.asarray(probs, np.float32),
         )
 
-    def to_rows(self) -> list[dict]:
-        """One JSON object per answered request; every value round-trips exactly."""
+    def to_columns(self) -> dict[str, list]:
+        """Each column as a JSON list; every value reads back exactly (a float32 as its exact float64 value)."""
         columns: dict[str, list] = {name: list(getattr(self, name)) for name in TEXT_COLUMNS}
         columns |= {name: getattr(self, name).tolist() for name in INT_COLUMNS}
-        columns |= {name: [None if np.isnan(v) else v for v in getattr(self, name).tolist()] for name in FLOAT_COLUMNS}
-        columns["confidence"] = _float32_list(self.confidence)
+        columns |= {name: _nan_to_none(getattr(self, name)) for name in FLOAT_COLUMNS}
+        columns["confidence"] = self.confidence.astype(np.float64).tolist()
         if self.probs is not None:
-            columns["probs"] = [_float32_list(row) for row in self.probs]
+            columns["probs"] = self.probs.astype(np.float64).tolist()
+        return columns
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, list]) -> Answers:
+        floats = {name: np.array(columns[name], np.float64) for name in FLOAT_COLUMNS}  # None reads as NaN
+        probs = columns.get("probs")
+        return cls.of(
+            columns["index"], columns["image"], columns["label"], columns["prediction"],
+            np.array(columns["confidence"], np.float32), probs=None if probs is None else np.array(probs, np.float32),
+            **floats, batch_size=columns["batch_size"], seq=columns["seq"], stream=columns["stream"],
+        )  # fmt: skip
+
+    def to_rows(self) -> list[dict]:
+        """One JSON object per answered request (report.json's "predictions")."""
+        columns = self.to_columns()
         return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> Answers:
-        def column(name: str) -> list:
-            return [row[name] for row in rows]
-
-        floats = {
-            name: np.array([np.nan if v is None else v for v in column(name)], np.float64) for name in FLOAT_COLUMNS
-        }
-        probs = np.array(column("probs"), np.float32) if rows and "probs" in rows[0] else None
-        return cls.of(
-            column("index"), column("image"), column("label"), column("prediction"),
-            np.array(column("confidence"), np.float32), probs=probs, **floats,
-            batch_size=column("batch_size"), seq=column("seq"), stream=column("stream"),
-        )  # fmt: skip
-
-
-def _float32_list(values: np.ndarray) -> list[float]:
-    """The shortest decimal of each float32 that reads back as the same float32."""
-    return [float(np.format_float_positional(v, unique=True)) for v in np.asarray(values, np.float32)]
+        names = [*TEXT_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS, "confidence"] + (
+            ["probs"] if rows and "probs" in rows[0] else []
+        )
+        return cls.from_columns({name: [row[name] for row in rows] for name in names})
 
 
 @dataclasses.dataclass
@@ -261,7 +263,7 @@ class RunResult:
 
 
 def _nan_to_none(values: np.ndarray) -> list:
-    return [None if np.isnan(v) else v for v in np.asarray(values, np.float64).tolist()]
+    return [None if v != v else v for v in np.asarray(values, np.float64).tolist()]  # v != v: NaN
 
 
 # ------------------------------------------------------------------ report.json

@@ -187,14 +187,18 @@ class Collector:
         """Write the state file atomically (a no-op without one)."""
         if not self.state_file:
             return
-        with self.lock:
-            state = {
-                "run_id": self.run_id,
-                "n": len(self.labels),
-                "answers": self._answers().to_rows(),
-                "errors": [[key, error] for key, error in self.errors.items()],
-                **{name: _jsonable(getattr(self, name)) for name in STATE},
-            }
+        with self.lock:  # copies only: the results keep arriving while the file is written
+            answers = self._answers()
+            errors = [[key, dict(error)] for key, error in self.errors.items()]
+            own = {name: _jsonable(getattr(self, name)) for name in STATE}
+        # "answered": the requests answered with a prediction, as columns (results/run.py's schema)
+        state = {
+            "run_id": self.run_id,
+            "n": len(self.labels),
+            "answered": answers.to_columns(),
+            "errors": errors,
+            **own,
+        }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_file)
@@ -203,7 +207,7 @@ class Collector:
         s = json.loads(self.state_file.read_text())
         if s["run_id"] != self.run_id or s["n"] != len(self.labels):
             raise ValueError(f"state file {self.state_file} belongs to run {s['run_id']}, not {self.run_id}")
-        answers = Answers.from_rows(s["answers"])
+        answers = Answers.from_columns(s["answered"])
         self.answered[answers.index] = True
         for name in MEASURED:
             column, values = getattr(self, name), getattr(answers, name)
@@ -354,4 +358,5 @@ STATE = {
 
 
 def _jsonable(value):
-    return sorted(value) if isinstance(value, set) else value
+    """A copy that JSON can write (the collector keeps changing the original)."""
+    return sorted(value) if isinstance(value, set) else dict(value) if isinstance(value, dict) else value
