@@ -520,7 +520,7 @@ N_RESUME = 1000
 
 def _answered_in(state_file: Path) -> int:
     try:
-        return len(json.loads(state_file.read_text())["answered"])
+        return len(json.loads(state_file.read_text())["answered"]["index"])  # results/run.py's columns
     except (OSError, ValueError, KeyError):
         return 0
 
