@@ -21,7 +21,7 @@ import numpy as np
 
 from results import agreement
 from train.calibration import ECE_BINS, calibration_report
-from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, decode_predictions
+from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
 from train.data import DatasetError, load_fashion_mnist, take
 from train.model import predict_in_batches
 from train.predictor import load_predictor
@@ -96,7 +96,10 @@ def check_against_metadata(report: dict) -> agreement.Agreement | None:
     """
     recorded = report.get("metadata_predictions")
     if recorded is not None and recorded.get("n") == report["n"]:
-        labels, confidences = decode_predictions(recorded)
+        try:
+            labels, confidences = agreement.decode_predictions(recorded)
+        except ValueError as err:
+            raise ModelError(f"metadata.json: {err}") from None
         check = agreement.compare_predictions(labels, report["predictions"], confidences, report["confidences"])
         ece_allowed = agreement.ece_allowance(confidences, ECE_BINS)
     elif recorded is None and report["n"] == (report.get("metadata_test_images") or 10000):
