@@ -221,6 +221,7 @@ def test_corrupt_dataset_pairs_every_cell_with_the_same_sources(images):
     assert built.seconds > 0
     assert len(corrupt_dataset(ds, ["jpeg"], [1], per_cell=1000, progress=False).sources) == len(images)
     assert not np.array_equal(select_sources(1000, 50, 0), select_sources(1000, 50, 1))
+    assert set(select_sources(1000, 50, 0)) < set(select_sources(1000, 200, 0))  # nested across sizes
     with pytest.raises(ValueError):
         corrupt_dataset(ds, ["snow"], [1], per_cell=5, progress=False)
     with pytest.raises(ValueError):

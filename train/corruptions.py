@@ -361,13 +361,14 @@ class CorruptedSet:
 
 
 def select_sources(n_images: int, per_cell: int, seed: int = 0) -> np.ndarray:
-    """A fixed, seeded subset of `per_cell` source indices (all of them if the dataset is smaller), sorted."""
+    """A fixed, seeded subset of `per_cell` source indices (all of them if the dataset is smaller), sorted.
+
+    The first `per_cell` of one seeded permutation: a smaller run's images are part of a larger run's.
+    """
     if per_cell < 1:
         raise ValueError(f"per_cell must be at least 1, got {per_cell}")
-    if per_cell >= n_images:
-        return np.arange(n_images, dtype=np.int64)
     rng = np.random.default_rng(np.random.SeedSequence([seed]))
-    return np.sort(rng.choice(n_images, size=per_cell, replace=False)).astype(np.int64)
+    return np.sort(rng.permutation(n_images)[:per_cell]).astype(np.int64)
 
 
 def corrupt_dataset(

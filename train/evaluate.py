@@ -258,17 +258,25 @@ def print_robustness(result: dict) -> None:
         f"\nCorruption Error against the reference {ref['dir']} ({ref['digest'][:12]}): clean error "
         f"{_pct(errors['clean_error']['model'], 2)}% (model) vs {_pct(errors['clean_error']['reference'], 2)}% (reference)"
     )
-    print(f"{'corruption':<15} {'CE':>22} {'relative CE':>22}   mean error: model / reference")
+    rf = ref["figures"]
+    print(
+        f"reference on the same images: clean {_pct(rf['clean']['accuracy'], 2)}% {_iv(rf['clean']['interval'])}, "
+        f"mean corrupted {_pct(rf['mean_corrupted']['accuracy'], 2)}% {_iv(rf['mean_corrupted']['interval'])} "
+        f"(model: {_pct(figures['mean_corrupted']['accuracy'], 2)}%)"
+    )
+    print(f"{'corruption':<15} {'CE':>24} {'relative CE':>24}   mean error: model / reference")
     for name, row in errors["corruptions"].items():
         print(
-            f"{name:<15} {_pct(row['ce']) + '% ' + _iv(row['ce_interval']):>22} "
-            f"{_pct(row['relative_ce']) + '% ' + _iv(row['relative_ce_interval']):>22}   "
+            f"{name:<15} {_pct(row['ce']) + '% ' + _iv(row['ce_interval']):>24} "
+            f"{_pct(row['relative_ce']) + '% ' + _iv(row['relative_ce_interval']):>24}   "
             f"{_pct(row['model_error'])}% / {_pct(row['reference_error'])}%"
         )
     print(
         f"mCE {_pct(errors['mce'])}% {_iv(errors['mce_interval'])}, relative mCE {_pct(errors['relative_mce'])}% "
         f"{_iv(errors['relative_mce_interval'])} (below 100%: the model errs / loses less than the reference)"
     )
+    if errors["undefined"]:
+        print(f"CE undefined (the reference makes no error): {', '.join(errors['undefined'])}")
     if errors["relative_undefined"]:
         print(f"relative CE undefined (the reference loses nothing): {', '.join(errors['relative_undefined'])}")
 
