@@ -377,6 +377,8 @@ def _robustness_settings(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{flag} {value}: must be at least {low}")
         return value
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be at least 1")
     settings = {
         "corruptions": parse_corruptions(args.corruptions),
         "severities": parse_severities(args.severities if args.severities is not None else config.severities),
