@@ -4,7 +4,7 @@ Command:   python -m train.evaluate --corruptions all          (offline, no brok
 Runtime:   15 corruptions x 5 severities x 500 images = 37,500 corrupted images; generation and the
            predictions of two models take well under a minute on 2 cores (docs/robustness.md).
 The severity table itself lives in train/corruptions.py (CORRUPTIONS), with its reasoning in
-docs/robustness.md.
+docs/robustness.md; `evaluate_robustness` takes its defaults from here.
 """
 
 import ml_collections
@@ -18,7 +18,6 @@ def get_config() -> ml_collections.ConfigDict:
     # cell's accuracy a 95% Wilson interval of at most +-4.4 points (about +-2 points at 95% accuracy).
     config.per_cell = 500
     config.seed = 0  # picks the subset and seeds every corruption's random draws
-    config.level = 0.95  # confidence level of every interval
-    config.resamples = 1000  # bootstrap resamples over source images (family means, ECE, mCE)
     config.worst = 5  # worst cells listed
+    # The intervals' level (95%) and bootstrap size (1,000) are train/robustness.py's LEVEL and RESAMPLES.
     return config

@@ -125,29 +125,37 @@ def predict_probs(predictor, images: np.ndarray, progress: bool = False, desc: s
 def evaluate_robustness(
     model_dir: str | Path | None = None,
     corruptions: tuple[str, ...] | None = None,
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5),
-    per_cell: int = 500,
-    seed: int = 0,
+    severities: tuple[int, ...] | None = None,
+    per_cell: int | None = None,
+    seed: int | None = None,
     reference_dir: str | Path | None = None,
     dataset=None,
     limit: int | None = None,
-    level: float = 0.95,
-    resamples: int = 1000,
-    worst: int = 5,
+    level: float | None = None,
+    resamples: int | None = None,
+    worst: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Accuracy and calibration of the model per corruption x severity, on a seeded subset of `per_cell`
     source images (the same in every cell and in the clean cell), and its CE / mCE against `reference_dir`.
 
+    An argument left at None takes configs/robustness.py's value (level and resamples: train/robustness.py's).
     Returns the CorruptedSet ("corrupted"), each model's Outcomes, figures (train.robustness) and metadata,
     the CE figures ("errors", or None) and the seconds spent generating and predicting.
     """
     from train.checkpoint import DEFAULT_MODEL_DIR
-    from train.corruptions import CORRUPTIONS, corrupt_dataset
+    from train.corruptions import CORRUPTIONS, corrupt_dataset, parse_corruptions, parse_severities
     from train.predictor import load_predictor
-    from train.robustness import CLEAN, Outcomes, corruption_errors, robustness_figures
+    from train.robustness import CLEAN, LEVEL, RESAMPLES, Outcomes, corruption_errors, robustness_figures
 
-    corruptions = tuple(corruptions or CORRUPTIONS)
+    config = load_config(None, "robustness.py")
+    corruptions = tuple(corruptions) if corruptions is not None else parse_corruptions(config.corruptions)
+    severities = tuple(severities) if severities is not None else parse_severities(config.severities)
+    per_cell = per_cell if per_cell is not None else config.per_cell
+    seed = seed if seed is not None else config.seed
+    worst = worst if worst is not None else config.worst
+    level = level if level is not None else LEVEL
+    resamples = resamples if resamples is not None else RESAMPLES
     test = take(dataset if dataset is not None else load_fashion_mnist("test"), limit)
     corrupted = corrupt_dataset(test, corruptions, severities, per_cell, seed, progress)
     sources = corrupted.sources
@@ -384,9 +392,6 @@ def _robustness_settings(args: argparse.Namespace) -> dict:
         "severities": parse_severities(args.severities if args.severities is not None else config.severities),
         "per_cell": integer("per-cell", args.per_cell, config.per_cell, 1),
         "seed": integer("seed", args.seed, config.seed, 0),
-        "level": config.level,
-        "resamples": config.resamples,
-        "worst": config.worst,
     }
     for flag, directory in (("--model", args.model), ("--reference", args.reference)):
         if directory is not None and not (Path(directory) / "metadata.json").is_file():

@@ -17,6 +17,7 @@ Every figure has an interval (95% by default):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,7 +27,9 @@ from train.calibration import ECE_BINS, calibration_from_confidences
 
 CLEAN = "clean"
 LEVEL = 0.95
-RESAMPLES = 1000  # bootstrap resamples: the 2.5% and 97.5% percentiles move by ~0.1 point between seeds at n=500
+# Bootstrap resamples. On the shipped model's 500-image run, the bounds of the mean corrupted accuracy moved by
+# up to 0.3 point across 8 bootstrap seeds.
+RESAMPLES = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,7 @@ def cell_matrix(outcomes: Outcomes) -> CellMatrix:
 
 
 # ------------------------------------------------------------------ intervals
+@functools.lru_cache(maxsize=8)
 def _z(level: float) -> float:
     return float(stats.norm.ppf(0.5 + level / 2))
 
@@ -156,11 +160,18 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def _ece_samples(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ECE of each bootstrap resample, vectorised: per-bin weighted sums are matrix products."""
+    """ECE of each bootstrap resample (rows of `weights`, (resamples, n sources) summing to 1).
+
+    Sample i belongs to source i % n: one cell's images, or several cells' raveled cell by cell. A bin's
+    weighted gap is a sum over its samples, taken with np.add.reduceat after sorting the samples by bin.
+    """
+    n_samples, n = len(confidence), weights.shape[1]
     index = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
-    onehot = np.eye(ECE_BINS)[index]  # (n, bins)
-    gap = weights @ (onehot * confidence[:, None]) - weights @ (onehot * correct[:, None])
-    return np.abs(gap).sum(axis=1)
+    order = np.argsort(index, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(index[order]) != 0])
+    gap = (confidence - correct)[order] * (n / n_samples)
+    per_bin = np.add.reduceat(weights[:, order % n] * gap, starts, axis=1)
+    return np.abs(per_bin).sum(axis=1)
 
 
 # ------------------------------------------------------------------ the figures
@@ -209,8 +220,9 @@ def robustness_figures(
             }
         )
 
+    clean_samples = weights @ m.clean_correct.astype(np.float64)
+
     def mean_entry(rows: list[int]) -> dict:
-        clean_samples = weights @ m.clean_correct.astype(np.float64)
         mean = acc_samples[:, rows].mean(axis=1)
         accuracy = float(m.correct[rows].mean())
         return {
@@ -224,13 +236,12 @@ def robustness_figures(
     corruptions = {}
     for name in dict.fromkeys(c for c, _ in m.cells):
         rows = [k for k, (c, _) in enumerate(m.cells) if c == name]
+        # The ECE pooled over a corruption's severities (raveled cell by cell), resampled by source.
         pooled_conf, pooled_correct = m.confidence[rows].ravel(), m.correct[rows].ravel()
-        # The pooled ECE over a corruption's severities, bootstrapped over sources (each source's row of cells).
-        pooled_weights = np.tile(weights, len(rows)) / len(rows)  # ravel's order: cell by cell, sources within
         corruptions[name] = {
             "family": families[name],
             **mean_entry(rows),
-            **ece_entry(pooled_conf, pooled_correct, pooled_weights),
+            **ece_entry(pooled_conf, pooled_correct, weights),
         }
     families_out = {}
     for family in dict.fromkeys(families[c] for c, _ in m.cells):
