@@ -275,10 +275,6 @@ CORRUPTIONS: dict[str, Corruption] = {
 }
 
 
-def family_of(name: str) -> str:
-    return CORRUPTIONS[name].family
-
-
 def parse_corruptions(text: str) -> tuple[str, ...]:
     """ "all" or a comma-separated list of names -> the names, in the registry's order for "all".
 
