@@ -27,6 +27,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
+
 import numpy as np
 import pytest
 
