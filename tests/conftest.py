@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+
+# Every test server and training subprocess compiles the same XLA programs (a server's ten batch
+# buckets: 2-4 s of its start). One persistent compilation cache for the session's processes
+# compiles each program once; set before anything imports JAX. XLA_FLAGS are part of the cache
+# key, so a run capped with --xla_cpu_max_isa compiles its own programs.
+_JAX_CACHE = tempfile.mkdtemp(prefix="jax-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_JAX_CACHE, ignore_errors=True)
+
 
 import numpy as np
 import pytest

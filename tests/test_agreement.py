@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from results import agreement
 from results.metrics import ECE_BINS, calibration_from_confidences
 from results.run import Answers, Counters, DatasetIdentity, ModelIdentity, RunInfo, RunResult
-from train.checkpoint import ModelError, decode_predictions, encode_predictions
 from train.evaluate import check_against_metadata
 
 TOL = agreement.TOLERANCE
@@ -79,16 +78,18 @@ def test_ece_moves_no_further_than_its_allowance(n, seed, edge_share):
 def test_predictions_round_trip_through_metadata_json():
     rng = np.random.default_rng(0)
     labels, conf = rng.integers(0, 10, 1000), rng.random(1000).astype(np.float32)
-    got_labels, got_conf = decode_predictions(encode_predictions(labels, conf))
+    got_labels, got_conf = agreement.decode_predictions(agreement.encode_predictions(labels, conf))
     assert (got_labels == labels).all() and (got_conf == conf).all()
 
 
 def test_damaged_predictions_are_refused():
-    record = encode_predictions(np.array([1, 2, 3]), np.array([0.5, 0.6, 0.7]))
-    with pytest.raises(ModelError, match="damaged"):
-        decode_predictions({**record, "labels": encode_predictions(np.array([1, 2, 4]), np.zeros(3))["labels"]})
-    with pytest.raises(ModelError, match="cannot be read"):
-        decode_predictions({**record, "confidences": "not base64!"})
+    record = agreement.encode_predictions(np.array([1, 2, 3]), np.array([0.5, 0.6, 0.7]))
+    with pytest.raises(ValueError, match="damaged"):
+        agreement.decode_predictions(
+            {**record, "labels": agreement.encode_predictions(np.array([1, 2, 4]), np.zeros(3))["labels"]}
+        )
+    with pytest.raises(ValueError, match="cannot be read"):
+        agreement.decode_predictions({**record, "confidences": "not base64!"})
 
 
 def _report(labels, conf, recorded_labels, recorded_conf, ece_shift=0.0):
@@ -102,7 +103,7 @@ def _report(labels, conf, recorded_labels, recorded_conf, ece_shift=0.0):
     meta = {
         "test_accuracy": float((recorded_labels == 0).mean()),
         "test_calibration": {"after_scaling": {**recorded, "ece": recorded["ece"] + ece_shift}},
-        "test_predictions": encode_predictions(recorded_labels, recorded_conf),
+        "test_predictions": agreement.encode_predictions(recorded_labels, recorded_conf),
         "test_images": n,
     }
     return result, meta

@@ -21,7 +21,7 @@ from PIL import Image
 from broker import wire
 from tests.conftest import REPO, ResultWatcher, publish_images, publish_messages
 
-SOURCE_DIRS = ("broker", "server", "streamer", "train", "configs", "bench")
+SOURCE_DIRS = ("broker", "server", "streamer", "train", "configs", "bench", "results")
 UNSAFE_MODULES = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle", "jsonpickle", "joblib"}
 UNSAFE_BUILTINS = {"eval", "exec", "compile", "__import__"}
 

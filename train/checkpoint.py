@@ -8,13 +8,10 @@ No pickle anywhere: Orbax writes tensors (OCDBT/zarr), the rest is JSON.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import zlib
 from pathlib import Path
 
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -35,39 +32,6 @@ def checkpoint_digest(checkpoint_dir: str | Path) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def encode_predictions(labels: np.ndarray, confidences: np.ndarray) -> dict:
-    """Per-image predictions for metadata.json, so an evaluation can be checked image by image.
-
-    Language-neutral: little-endian uint16 labels and float32 confidences, each zlib-compressed and
-    base64-encoded (about 45 kB for 10,000 images), with the labels' SHA-256 beside them.
-    """
-    label_bytes = np.asarray(labels, "<u2").tobytes()
-    return {
-        "n": int(len(labels)),
-        "encoding": "base64(zlib(little-endian array))",
-        "labels_dtype": "<u2",
-        "labels_sha256": hashlib.sha256(label_bytes).hexdigest(),
-        "labels": base64.b64encode(zlib.compress(label_bytes, 9)).decode("ascii"),
-        "confidences_dtype": "<f4",
-        "confidences": base64.b64encode(zlib.compress(np.asarray(confidences, "<f4").tobytes(), 9)).decode("ascii"),
-    }
-
-
-def decode_predictions(record: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, confidences) back from encode_predictions' record; ModelError if it is damaged."""
-    try:
-        label_bytes = zlib.decompress(base64.b64decode(record["labels"]))
-        confidences = np.frombuffer(
-            zlib.decompress(base64.b64decode(record["confidences"])), record["confidences_dtype"]
-        )
-        labels = np.frombuffer(label_bytes, record["labels_dtype"])
-    except (KeyError, TypeError, ValueError, zlib.error) as err:
-        raise ModelError(f"metadata.json: test_predictions cannot be read ({err})") from None
-    if hashlib.sha256(label_bytes).hexdigest() != record.get("labels_sha256") or len(labels) != len(confidences):
-        raise ModelError("metadata.json: test_predictions are damaged (digest or length differs)")
-    return labels.astype(int), confidences.astype(np.float64)
 
 
 def save_model(model_dir: str | Path, model: CNN, metadata: dict) -> dict:

@@ -15,11 +15,12 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from results import agreement
 from results import metrics as results_metrics
 from results.machine import machine
 from train import calibration
 from train import data as data_lib
-from train.checkpoint import ModelError, encode_predictions, save_model
+from train.checkpoint import ModelError, save_model
 from train.evaluate import offline_result
 from train.model import CNN, build_model, count_params, make_predict_fn, predict_in_batches
 
@@ -219,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "before_scaling": {k: before[k] for k in ("ece", "max_gap", "mean_confidence", "nll", "brier")},
             "after_scaling": {k: after[k] for k in ("ece", "max_gap", "mean_confidence", "nll", "brier")},
         },
-        "test_predictions": encode_predictions(probs.argmax(-1), probs.max(-1)),
+        "test_predictions": agreement.encode_predictions(probs.argmax(-1), probs.max(-1)),
         "train_images": len(train_ds),
         "validation": {
             "images": len(val_ds),
