@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from results import stats as S
@@ -81,6 +83,34 @@ def test_bad_levels_and_counts_raise():
     with pytest.raises(ValueError):
         S.f1_intervals(np.array([0, 1]), np.array([0, 2]), n_classes=2)
     assert math.isnan(S.wilson_interval(0, 0).lo)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 500), min_size=4, max_size=4), st.floats(0.5, 0.999))
+def test_intervals_hold_their_estimate_and_stay_in_range(counts, level):
+    both, first, second, neither = counts
+    n = sum(counts)
+    if n == 0:
+        with pytest.raises(ValueError, match="paired counts"):
+            S.paired_difference_interval(*counts, level=level)
+        return
+    for iv, low, high in (
+        (S.wilson_interval(both + first, n, level), 0, 1),
+        (S.paired_difference_interval(*counts, level=level), -1, 1),
+        (S.unpaired_difference_interval(both, max(both, 1), first, max(first + second, 1), level), -1, 1),
+    ):
+        assert low <= iv.lo <= iv.estimate + 1e-12 and iv.estimate - 1e-12 <= iv.hi <= high, iv
+
+
+@given(st.integers(-5, -1), st.integers(1, 100), st.integers(1, 100))
+def test_impossible_counts_raise_one_line_errors(negative, n, over):
+    for bad in (negative, n + over):  # fewer than none, or more successes than trials
+        with pytest.raises(ValueError, match="between 0 and n"):
+            S.wilson_bounds(bad, n)
+    with pytest.raises(ValueError, match="non-negative"):
+        S.paired_difference_interval(negative, n, 0, 0)
+    with pytest.raises(ValueError, match="one or more"):
+        S.unpaired_difference_interval(0, 0, 1, n)
 
 
 # --- two models on the same images ------------------------------------------------------------------------------
