@@ -751,9 +751,12 @@ def block_length(series: np.ndarray) -> int:
     Politis-White rule (with Patton, Politis & White's 2009 correction) estimates the length that
     minimises the error of the bootstrap variance from the autocorrelations themselves, about
     n^(1/3) x (correlation length)^(2/3): 1-3 for independent latencies, tens for a run whose queue
-    builds up and drains. It is derived for the mean; for percentiles it gives the right order, and
-    the tests check the interval's coverage on correlated series. Capped at n/3 and 3 sqrt(n), as in
-    the reference implementation (arch), so that a trend cannot make one block the whole run.
+    builds up and drains. It is derived for the mean; for percentiles it gives the right order of
+    length. Measured coverage of the 95% intervals (simulated, not a unit test): 94.6% (p50) and 93.2%
+    (p90) for independent latencies (1,000 runs, 199 resamples), only 91.5% and 92.0% for strongly
+    correlated ones (log-AR(1), phi 0.6, 500 requests, 600 runs, 999 resamples; doubling the block did
+    not help): read them as somewhat too narrow there. Capped at n/3 and 3 sqrt(n), as in the reference
+    implementation (arch), so a trend cannot make one block the whole run.
     """
     x = np.asarray(series, np.float64)
     n = len(x)

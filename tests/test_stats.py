@@ -49,7 +49,7 @@ def test_wilson_matches_newcombe_worked_examples():
     assert (S.wilson_interval(15, 148).lo, S.wilson_interval(15, 148).hi) == pytest.approx((0.0624, 0.1605), abs=5e-5)
     iv = S.wilson_interval(9451, 10_000)
     assert iv.method == "Wilson score" and iv.level == 0.95 and iv.lo < 0.9451 < iv.hi
-    assert iv.half_width == pytest.approx(0.0045, abs=0.0002)  # the "about +-0.45 points"
+    assert iv.half_width == pytest.approx(0.0045, abs=0.0002)  # about +-0.45 points on 10,000 images
 
 
 @pytest.mark.parametrize("n", [200, 10_000])
@@ -355,7 +355,7 @@ def _poisson_binomial(q: np.ndarray) -> np.ndarray:
     ("n", "beta", "gap", "bounds"),
     [
         (225, 200, 0.0, (0.95, 1.0)),  # ~1 expected mistake, calibrated: an exact test is conservative here
-        (225, 200, 0.0089, (0.95, 1.0)),  # the folder run: over-confident by 0.89 points, 3 mistakes
+        (225, 200, 0.0089, (0.95, 1.0)),  # a small folder run: over-confident by 0.89 points, ~3 mistakes
         (225, 20, 0.02, (LOW, HIGH)),  # ~16 mistakes
         (1000, 10, 0.01, (LOW, HIGH)),  # ~100 mistakes: the normal approximation
     ],
