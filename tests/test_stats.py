@@ -314,7 +314,7 @@ def test_per_class_mcnemar_counts_and_correction():
 
 
 def test_bins_and_ece_match_the_report():
-    from train.calibration import calibration_from_confidences
+    from results.metrics import calibration_from_confidences
 
     rng = np.random.default_rng(8)
     c = np.concatenate([rng.random(500), [0.0, 1.0, 1 / 15, 2 / 15]])
