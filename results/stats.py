@@ -462,8 +462,8 @@ def _calibration_bootstrap(
     rng = np.random.default_rng(seed)
     gaps, eces = [], []
     for idx in _index_batches(n, n_resamples, rng):
-        dd = d[idx]
-        keys = b[idx] + (np.arange(len(idx)) * bins)[:, None]
+        dd = np.take(d, idx)  # np.take: the same gather as d[idx], 1.5x faster
+        keys = np.take(b, idx) + (np.arange(len(idx)) * bins)[:, None]
         sums = np.bincount(keys.ravel(), weights=dd.ravel(), minlength=len(idx) * bins).reshape(len(idx), bins)
         gaps.append(sums.sum(1) / n)
         eces.append(np.abs(sums).sum(1) / n)
@@ -795,22 +795,23 @@ def _block_counts(n: int, length: int, b: int, rng: np.random.Generator) -> np.n
     """How often each request (in time order) appears in b circular block resamples of n requests, (b, n).
 
     Each resample joins ceil(n / length) blocks at random starts, the last one cut so the total is n.
-    Counted through a difference array (+1 where a block starts, -1 where it ends), so the cost is one
-    pass over (b, n) whatever the block length, instead of gathering and sorting every resample.
+    Request t is covered by every block that starts in (t - length, t], circularly: one count of the
+    starts per request and one moving sum over ``length`` of them, so the cost is a few passes over
+    (b, n) whatever the block length, instead of gathering and sorting every resample. (A difference
+    array of block starts and ends with float weights did the same in 3x the time at a block of 2.)
     """
     blocks = -(-n // length)
-    sizes = np.full(blocks, length)
-    sizes[-1] = n - (blocks - 1) * length
+    last = n - (blocks - 1) * length  # the last block's length
     starts = rng.integers(0, n, size=(b, blocks))
-    ends = starts + sizes
-    row = (np.arange(b) * (n + 1))[:, None]
-    wraps = ends > n  # a block running past the last request goes on from the first
-    keys = np.concatenate(
-        [(row + starts).ravel(), (row + np.where(wraps, ends - n, ends)).ravel(), (row + 0 * starts)[wraps]]
-    )
-    weights = np.concatenate([np.ones(starts.size), -np.ones(starts.size), np.ones(int(wraps.sum()))])
-    diff = np.bincount(keys, weights=weights, minlength=b * (n + 1)).reshape(b, n + 1)[:, :n]
-    return np.cumsum(diff, axis=1, dtype=np.int32)  # int32: half the memory traffic of the passes that follow
+    began = np.bincount((starts + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+    padded = np.empty((b, n + length), np.int32)  # the last `length` requests again in front: circular
+    padded[:, :length] = began[:, n - length :]
+    padded[:, length:] = began
+    running = np.cumsum(padded, axis=1, dtype=np.int32)  # int32: half the memory traffic of the passes that follow
+    counts = running[:, length:] - running[:, :n]
+    if last < length:  # the last block stops after `last` requests: take back the rest of it
+        counts[np.arange(b)[:, None], (starts[:, -1:] + np.arange(last, length)) % n] -= 1
+    return counts
 
 
 def _block_percentiles(sorted_x: np.ndarray, order: np.ndarray, counts: np.ndarray, qs: np.ndarray) -> np.ndarray:
@@ -820,11 +821,14 @@ def _block_percentiles(sorted_x: np.ndarray, order: np.ndarray, counts: np.ndarr
     first exceeds k: one cumulative sum and a binary search per percentile, no sort per resample.
     """
     b, n = counts.shape
-    base = (np.arange(b, dtype=np.int64) * (n + 1))[:, None]
-    flat = (np.cumsum(counts[:, order], axis=1) + base).ravel()  # rows made one increasing array
+    # One integer type for the running counts, the row offsets and the queries: a cumulative sum that
+    # widens int32 to int64, or a search of ints by floats (which converts the whole array), costs 2-3x.
+    kind = np.int32 if b * (n + 1) < 2**31 else np.int64
+    base = (np.arange(b, dtype=kind) * kind(n + 1))[:, None]
+    flat = (np.cumsum(counts[:, order], axis=1, dtype=kind) + base).ravel()  # rows made one increasing array
     h = (n - 1) * qs / 100
-    k0 = np.floor(h)
-    k1 = np.minimum(k0 + 1, n - 1)
+    k0 = np.floor(h).astype(kind)
+    k1 = np.minimum(k0 + 1, n - 1).astype(kind)
 
     def order_stat(k: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(flat, (base + k).ravel(), side="right") - (np.arange(b) * n).repeat(len(k))
