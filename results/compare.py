@@ -6,19 +6,26 @@ position. Where both runs answered the same images the comparison is paired: acc
 those images, and McNemar's exact test on the discordant pairs (b = A right and B wrong, c = A wrong
 and B right; under "equally good" each is a fair coin, so the p-value is a two-sided binomial test
 of b in b + c at 1/2). Otherwise it is unpaired, each run on its own images, and it says so.
+
+Given a results.metrics.Uncertainty, it also says how sure the difference is (results/stats.py):
+paired, Newcombe's paired interval next to the exact McNemar p-value, an exact McNemar test per
+class with Holm's correction across the classes, the F1 difference by a paired bootstrap, and the
+smallest difference this many paired images detect; unpaired, Newcombe's interval for two
+independent proportions, overall and per class. ``headline`` puts it in one sentence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import binomtest
 
-from results import agreement, metrics
+from results import agreement, metrics, stats
+from results.metrics import Uncertainty, as_json
 from results.run import OfflineCheck
-from results.tables import Block, Cell, Table, cells
+from results.tables import Block, Cell, Table, cells, estimate
 
 if TYPE_CHECKING:
     from results.run import RunResult
@@ -43,9 +50,12 @@ def pair(a: RunResult, b: RunResult) -> tuple[np.ndarray, np.ndarray, str]:
     return ra, rb, f"paired on the {len(pairs)} images both answered"
 
 
-def mcnemar_p_value(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for b and c discordant pairs (1 when there are none)."""
-    return float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+# Two-sided exact McNemar p-value for b and c discordant pairs (1 when there are none): results/stats.py's.
+mcnemar_p_value = stats.mcnemar_exact
+
+
+def _defined(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
 
 
 def delta(new: float | None, old: float | None) -> float | None:
@@ -68,6 +78,7 @@ class Comparison:
     per_class: list[dict]
     disagreements: int | None  # paired only
     disagreement_examples: list[dict]
+    intervals: dict | None = None  # how sure the differences are: comparison_intervals (None: not asked for)
 
     @property
     def accuracy_delta(self) -> float | None:
@@ -80,9 +91,12 @@ class Comparison:
         return {"a": {"model": model_a, "accuracy": self.fa["accuracy"]}, **own, "accuracy_delta": self.accuracy_delta}
 
 
-def compare(a: RunResult, b: RunResult, fa: dict | None = None, fb: dict | None = None) -> Comparison:
-    """Run B against run A: paired figures where they answered the same images, unpaired otherwise."""
-    fa, fb = fa or metrics.figures(a), fb or metrics.figures(b)
+def compare(
+    a: RunResult, b: RunResult, fa: dict | None = None, fb: dict | None = None, uncertainty: Uncertainty | None = None
+) -> Comparison:
+    """Run B against run A: paired figures where they answered the same images, unpaired otherwise;
+    with ``uncertainty``, every difference's interval and test too (and each run's figures' intervals)."""
+    fa, fb = fa or metrics.figures(a, uncertainty), fb or metrics.figures(b, uncertainty)
     ra, rb, note = pair(a, b)
     right_a, right_b = metrics.correct(a)[ra], metrics.correct(b)[rb]
     paired = len(ra) > 0
@@ -126,7 +140,82 @@ def compare(a: RunResult, b: RunResult, fa: dict | None = None, fb: dict | None 
         mcnemar=mcnemar, per_class=per_class,
         disagreements=None if examples is None else len(examples),
         disagreement_examples=(examples or [])[:MAX_EXAMPLES],
+        intervals=None if uncertainty is None else comparison_intervals(a, b, ra, rb, uncertainty),
     )  # fmt: skip
+
+
+def comparison_intervals(a: RunResult, b: RunResult, ra: np.ndarray, rb: np.ndarray, u: Uncertainty) -> dict:
+    """How sure B - A is: paired on rows ``ra`` of a and ``rb`` of b (the same images), unpaired when they are empty.
+
+    Per class, the difference is of recall (the class's images answered right). The tests are at
+    alpha = 1 - level; the smallest detectable difference is at ``u.power``.
+    """
+    names, k = a.class_names, len(a.class_names)
+    out: dict = {"level": u.level, "alpha": u.alpha, "power": u.power}
+    if len(ra):
+        right_a, right_b = metrics.correct(a)[ra], metrics.correct(b)[rb]
+        labels = a.answers.label[ra]
+        n = len(ra)
+        overall = stats.compare_paired(right_a, right_b, u.level)
+        tests = {c.label: c for c in stats.per_class_mcnemar(labels, right_a, right_b, k, u.alpha)}
+        f1 = stats.paired_f1_difference(
+            labels, a.answers.prediction[ra], b.answers.prediction[rb], k, u.level, u.resamples, u.seed
+        )
+        per_class = []
+        for c, name in enumerate(names):
+            mine, test = labels == c, tests.get(c)
+            row: dict = {"class": name, "accuracy_difference": None, "p_value": None, "p_holm": None}
+            if test is not None:
+                ra_c, rb_c = right_a[mine], right_b[mine]
+                counts = [int(np.sum(x)) for x in (ra_c & rb_c, ~ra_c & rb_c, ra_c & ~rb_c, ~ra_c & ~rb_c)]
+                row |= {
+                    "accuracy_difference": as_json(stats.paired_difference_interval(*counts, u.level)),
+                    "p_value": test.p_value,
+                    "p_holm": test.p_holm,
+                    "significant": test.significant,
+                    "better": test.better,
+                }
+            per_class.append(row | {"f1_difference": as_json(f1.per_class[c])})
+        detectable = stats.detectable_paired_difference(n, overall.disagreement, u.alpha, u.power)
+        return out | {
+            "kind": "paired",
+            "images": n,
+            "method": f"{overall.difference.method} interval; {overall.test}; Holm's correction across classes",
+            "accuracy_a": as_json(stats.wilson_interval(int(right_a.sum()), n, u.level)),
+            "accuracy_b": as_json(stats.wilson_interval(int(right_b.sum()), n, u.level)),
+            "accuracy_difference": as_json(overall.difference),
+            "p_value": overall.p_value,
+            "disagreement": overall.disagreement,
+            "macro_f1_difference": as_json(f1.macro),
+            "per_class": per_class,
+            "detectable_difference": _defined(detectable),
+        }
+    right_a, right_b = metrics.correct(a), metrics.correct(b)
+    na, nb = len(right_a), len(right_b)
+    if not na or not nb:
+        return out | {"kind": "unpaired", "images": [na, nb], "accuracy_difference": None, "per_class": []}
+    ca, cb = (metrics.confusion_matrix(r.answers.label, r.answers.prediction, k) for r in (a, b))
+    per_class = []
+    for c, name in enumerate(names):
+        sa, sb = int(ca[c].sum()), int(cb[c].sum())
+        iv = stats.unpaired_difference_interval(int(ca[c, c]), sa, int(cb[c, c]), sb, u.level) if sa and sb else None
+        per_class.append({"class": name, "accuracy_difference": None if iv is None else as_json(iv)})
+    n_equal = 2 * na * nb / (na + nb)  # two runs of this size each have the variance of these two
+    accuracy = float(right_a.mean())
+    return out | {
+        "kind": "unpaired",
+        "images": [na, nb],
+        "method": "Newcombe hybrid score interval for two independent proportions; no test by image",
+        "accuracy_a": as_json(stats.wilson_interval(int(right_a.sum()), na, u.level)),
+        "accuracy_b": as_json(stats.wilson_interval(int(right_b.sum()), nb, u.level)),
+        "accuracy_difference": as_json(
+            stats.unpaired_difference_interval(int(right_a.sum()), na, int(right_b.sum()), nb, u.level)
+        ),
+        "per_class": per_class,
+        "detectable_difference": _defined(
+            stats.detectable_unpaired_difference(max(1, round(n_equal)), accuracy, u.alpha, u.power)
+        ),
+    }
 
 
 def offline_check(streamed: RunResult, offline: RunResult) -> OfflineCheck:
@@ -159,6 +248,36 @@ def model_text(r: RunResult) -> str:
     return f"{identity} (WARNING: also answered by {', '.join(others)})" if others else identity
 
 
+def _points(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def headline(cmp: Comparison) -> str | None:
+    """One sentence on B against A, e.g. "B is 2.94 points less accurate [2.43, 3.45], p = 9.2e-37; it is worse
+    on 7 of 10 classes after correction, better on none." (None without intervals or answers)."""
+    iv = cmp.intervals
+    if not iv or not iv.get("accuracy_difference"):
+        return None
+    d = iv["accuracy_difference"]
+    est, lo, hi = d["estimate"], d["lo"], d["hi"]
+    if est < 0:
+        text = f"B is {_points(-est)} points less accurate [{_points(-hi)}, {_points(-lo)}]"
+    elif est > 0:
+        text = f"B is {_points(est)} points more accurate [{_points(lo)}, {_points(hi)}]"
+    else:
+        text = f"B and A are equally accurate (difference {_points(est)} points [{_points(lo)}, {_points(hi)}])"
+    if iv["kind"] != "paired":
+        chance = "it could be chance" if lo <= 0 <= hi else "more than chance"
+        return f"{text} ({cmp.note}: the interval is for two independent runs, {chance}; no test by image)."
+    tested = [c for c in iv["per_class"] if c["p_value"] is not None]
+    worse = sum(c["better"] == "A" for c in tested)
+    better = sum(c["better"] == "B" for c in tested)
+    return (
+        f"{text}, p = {iv['p_value']:.2g}; it is worse on {worse or 'none'} of {len(tested)} classes after "
+        f"correction, better on {better or 'none'}."
+    )
+
+
 def verdict(cmp: Comparison) -> str:
     """One sentence: what was paired, and whether the difference is more than chance."""
     if not cmp.paired:
@@ -177,6 +296,39 @@ def verdict(cmp: Comparison) -> str:
     )
 
 
+def method_text(cmp: Comparison) -> str | None:
+    """How the comparison's intervals were made, and the smallest difference it could detect."""
+    iv = cmp.intervals
+    if not iv or "method" not in iv:
+        return None
+    level, power, alpha = f"{100 * iv['level']:g}%", f"{100 * iv['power']:g}%", f"{iv['alpha']:g}"
+    detectable = iv.get("detectable_difference")
+    if iv["kind"] == "paired":
+        what = (
+            f"Paired by image identity on {iv['images']} images: {level} intervals by {iv['method']}. With "
+            f"{100 * iv['disagreement']:.2f}% of images answered right by one model only, this comparison detects"
+        )
+    else:
+        what = (
+            f"Unpaired ({cmp.note}): {level} intervals by {iv.get('method', 'n/a')}. Two runs of this size on "
+            "different images detect"
+        )
+    reach = f"an accuracy difference of {_points(detectable)} points" if detectable is not None else "no difference"
+    return f"{what} {reach} at {power} power (two-sided alpha {alpha})."
+
+
+def _interval(cmp: Comparison, key: str) -> dict | None:
+    return (cmp.intervals or {}).get(key)
+
+
+def _figure_interval(figures: dict, *path: str) -> dict | None:
+    """An interval from a run's figures ("intervals", then path), or None when they carry none."""
+    node = figures.get("intervals")
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def overview_table(cmp: Comparison) -> Table:
     a, b, fa, fb = cmp.a, cmp.b, cmp.fa, cmp.fb
     rows: list[list] = []
@@ -190,15 +342,46 @@ def overview_table(cmp: Comparison) -> Table:
         ["Answered", *cells("count", fa["counts"]["answered"], fb["counts"]["answered"]), ""],
     ]
     label = f"Accuracy ({cmp.paired_images} paired images)" if cmp.paired else "Accuracy (unpaired)"
-    rows.append([label, *cells("percent", cmp.accuracy_a, cmp.accuracy_b), Cell(cmp.accuracy_delta, "pts")])
+    difference = _interval(cmp, "accuracy_difference")
+    rows.append(
+        [
+            label,
+            Cell(cmp.accuracy_a, "percent", interval=_interval(cmp, "accuracy_a")),
+            Cell(cmp.accuracy_b, "percent", interval=_interval(cmp, "accuracy_b")),
+            Cell(cmp.accuracy_delta, "pts", interval=difference),
+        ]
+    )
     if cmp.paired and {fa["counts"]["answered"], fb["counts"]["answered"]} != {cmp.paired_images}:
         acc = fa["accuracy"], fb["accuracy"]
-        rows.append(["Accuracy (all each answered)", *cells("percent", *acc), Cell(delta(acc[1], acc[0]), "pts")])
+        rows.append(
+            [
+                "Accuracy (all each answered)",
+                *(Cell(v, "percent", interval=_figure_interval(f, "accuracy")) for v, f in zip(acc, (fa, fb))),
+                Cell(delta(acc[1], acc[0]), "pts"),
+            ]
+        )
+    if "intervals" in fa:
+        f1_a, f1_b = (
+            estimate(_figure_interval(fa, "macro_f1"), "number", 4),
+            estimate(_figure_interval(fb, "macro_f1"), "number", 4),
+        )
+        paired_f1 = _interval(cmp, "macro_f1_difference")  # on the paired images, by the paired bootstrap
+        f1_delta = estimate(paired_f1, "number", 4) if paired_f1 else Cell(delta(f1_b.value, f1_a.value), "number", 4)
+        rows.append(["Macro F1", f1_a, f1_b, f1_delta])
     ece = fa["calibration"]["ece"], fb["calibration"]["ece"]
-    rows.append(["ECE", *cells("percent", *ece), Cell(delta(ece[1], ece[0]), "pts")])
+    ece_iv = _figure_interval(fa, "calibration", "ece"), _figure_interval(fb, "calibration", "ece")
+    rows.append(
+        ["ECE", *(Cell(v, "percent", interval=iv) for v, iv in zip(ece, ece_iv)), Cell(delta(*ece[::-1]), "pts")]
+    )
     la, lb = fa["latency_ms"], fb["latency_ms"]
+    within = " (within each run)" if "intervals" in fa else ""
     rows += [
-        [f"Latency {k}", *cells("ms", la[k], lb[k]), Cell(delta(lb[k], la[k]), "signed_ms")]
+        [
+            f"Latency {k}{within}",
+            Cell(la[k], "ms", interval=_figure_interval(fa, "latency_ms", k)),
+            Cell(lb[k], "ms", interval=_figure_interval(fb, "latency_ms", k)),
+            Cell(delta(lb[k], la[k]), "signed_ms"),
+        ]
         for k in ("p50", "p90", "p99")
     ]
     ta, tb = fa["throughput"]["img_per_s"], fb["throughput"]["img_per_s"]
@@ -220,18 +403,28 @@ def mcnemar_table(cmp: Comparison) -> Table:
 
 
 def per_class_table(cmp: Comparison) -> Table:
-    return Table(
-        ["Class", "Accuracy A", "Accuracy B", "Δ accuracy", "F1 A", "F1 B", "Δ F1"],
-        [
+    """Per class: each model's accuracy (recall) and F1, and B - A; with intervals, the difference's interval,
+    and for paired images the exact McNemar p-value after Holm's correction and which model is better."""
+    tests = {row["class"]: row for row in (_interval(cmp, "per_class") or [])}
+    paired = cmp.paired and bool(tests)
+    header = ["Class", "Accuracy A", "Accuracy B", "Δ accuracy"]
+    header += ["McNemar p (Holm)", "Better (Holm)"] if paired else []
+    header += ["F1 A", "F1 B", "Δ F1"]
+    rows = []
+    for row in cmp.per_class:
+        test = tests.get(row["class"], {})
+        f1_iv = test.get("f1_difference")
+        rows.append(
             [
                 row["class"],
                 *cells("percent", row["accuracy_a"], row["accuracy_b"]),
-                Cell(row["accuracy_delta"], "pts"),
-                *cells("number", row["f1_a"], row["f1_b"], row["f1_delta"], digits=4),
+                Cell(row["accuracy_delta"], "pts", interval=test.get("accuracy_difference")),
+                *([Cell(test.get("p_holm"), "p_value"), test.get("better") or ""] if paired else []),
+                *cells("number", row["f1_a"], row["f1_b"], digits=4),
+                Cell(row["f1_delta"], "number", 4, f1_iv),
             ]
-            for row in cmp.per_class
-        ],
-    )
+        )
+    return Table(header, rows)
 
 
 def comparison_tables(cmp: Comparison) -> dict[str, Table]:
@@ -243,8 +436,13 @@ def comparison_tables(cmp: Comparison) -> dict[str, Table]:
     return tables
 
 
+def comparison_text(cmp: Comparison) -> list[str]:
+    """The sentences under the overview: the headline (with intervals), the McNemar verdict, the method."""
+    return [text for text in (headline(cmp), verdict(cmp), method_text(cmp)) if text]
+
+
 def comparison_blocks(cmp: Comparison) -> list[Block]:
     """The comparison as a report shows it, wherever it is shown: report, terminal, `report --diff`."""
     tables = comparison_tables(cmp)
-    blocks: list[Block] = [("table", tables.pop("overview")), ("text", verdict(cmp))]
+    blocks: list[Block] = [("table", tables.pop("overview")), *(("text", t) for t in comparison_text(cmp))]
     return blocks + [("table", table) for table in tables.values()]

@@ -2,22 +2,27 @@
 
 ``figures(result)`` gives them all by name: those names are report.json's keys. Array-level helpers
 (``calibration_report``, ``per_class_from_confusion``) serve training too, which has probabilities
-and labels but no run.
+and labels but no run. ``figures(result, uncertainty)`` adds "intervals": how sure each figure is
+(``intervals``, from results/stats.py), with the calibration verdict that rests on them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from results import stats
+from results.stats import ECE_BINS, Interval
+
 if TYPE_CHECKING:
     from results.run import RunResult
 
 PERCENTILES = (50, 90, 95, 99)
-ECE_BINS = 15  # equal-width confidence bins, the usual choice (Guo et al. 2017)
 _EPS = 1e-12
 
 
@@ -70,11 +75,10 @@ def per_class(r: RunResult) -> list[dict]:
 
 # ------------------------------------------------------------------ calibration
 def reliability_bins(confidences: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
-    """Per equal-width bin: its edges, image count, mean confidence and observed accuracy."""
+    """Per equal-width bin (results/stats.py's bin_index): its edges, image count, mean confidence and observed accuracy."""
     confidences = np.asarray(confidences, np.float64)
     correct = np.asarray(correct, bool)
-    # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 goes to the first bin.
-    index = np.clip(np.ceil(confidences * bins).astype(int) - 1, 0, bins - 1)
+    index = stats.bin_index(confidences, bins)
     out = []
     for i in range(bins):
         mask = index == i
@@ -100,9 +104,8 @@ def calibration_from_confidences(
 ) -> dict:
     """The calibration figures that need only the top-1 confidence (what the wire carries)."""
     table = reliability_bins(confidences, correct, bins)
-    n = max(1, len(confidences))
     gaps = [abs(b["confidence"] - b["accuracy"]) for b in table if b["count"]]
-    ece = sum(b["count"] / n * abs(b["confidence"] - b["accuracy"]) for b in table if b["count"])
+    ece = stats.expected_calibration_error(confidences, correct, bins) if len(confidences) else 0.0
     mean_conf = float(np.mean(confidences)) if len(confidences) else 0.0
     accuracy = float(np.mean(correct)) if len(correct) else 0.0
     return {
@@ -227,6 +230,97 @@ def timeline(seconds: np.ndarray) -> list[list[int]]:
     return [[int(t), int(c)] for t, c in enumerate(counts)]
 
 
+# ------------------------------------------------------------------ how sure each figure is
+@dataclasses.dataclass(frozen=True)
+class Uncertainty:
+    """How the intervals are made: their two-sided level, the bootstrap's resamples and seed, and the
+    power at which a smallest detectable difference is stated. The values live in configs/stream.py."""
+
+    level: float
+    resamples: int
+    seed: int
+    power: float
+
+    @property
+    def alpha(self) -> float:
+        """The tests' significance level, 1 - level (0.05 at 95%): one level for intervals and tests."""
+        return round(1 - self.level, 12)
+
+
+# What every report says beside ECE: its interval is honest about noise, not about the bias.
+ECE_BIAS = (
+    "ECE is biased upward on small samples (every bin adds its own noise as a gap), so its interval is around "
+    "that biased figure; it narrows as images are added. The verdict rests on the gap's interval."
+)
+
+
+def as_json(iv: Interval) -> dict:
+    """An interval as report.json holds it: NaN (undefined) written as null."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in iv.as_dict().items()}
+
+
+def _send_order(r: RunResult) -> np.ndarray:
+    """The answered requests in the order they were published (the streamer publishes in index order)."""
+    index = r.answers.index
+    if r.published_s is None or len(r.published_s) <= (index.max() if len(index) else -1):
+        return np.argsort(index, kind="stable")
+    return np.argsort(r.published_s[index], kind="stable")  # NaN (not published) last
+
+
+def intervals(r: RunResult, u: Uncertainty) -> dict:
+    """Every figure of the run with its interval at ``u.level`` (results/stats.py says how each is made):
+
+    accuracy and per-class recall and precision (Wilson), F1 per class and macro, and ECE (bootstraps
+    over images, fixed seed), mean confidence - accuracy (an exact test inverted) with the calibration
+    verdict it alone decides, each reliability bin's accuracy (Wilson), the latency percentiles (a block
+    bootstrap, "within this run"), and the smallest change a same-size run on other images would detect.
+    """
+    a = r.answers
+    n, classes = len(a), len(r.class_names)
+    out: dict = {"level": u.level, "resamples": u.resamples, "seed": u.seed}
+    if not n:
+        return out | {"accuracy": None, "per_class": None, "macro_f1": None, "calibration": None, "latency_ms": None}
+    right = correct(r)
+    accuracy_iv = stats.wilson_interval(int(right.sum()), n, u.level)
+    by_class = stats.class_intervals(confusion_matrix(a.label, a.prediction, classes), u.level)
+    f1 = stats.f1_intervals(a.label, a.prediction, classes, u.level, u.resamples, u.seed)
+    confidence = a.confidence.astype(np.float64)
+    cal = stats.calibration_intervals(confidence, right, level=u.level, n_resamples=u.resamples, seed=u.seed)
+    latencies = a.latency_ms[_send_order(r)]
+    known = latencies[~np.isnan(latencies)]
+    latency = stats.latency_percentile_intervals(known, PERCENTILES, u.level, u.resamples, u.seed) if len(known) else {}
+    return out | {
+        "accuracy": as_json(accuracy_iv),
+        "per_class": [
+            {"class": name, "recall": as_json(recall), "precision": as_json(precision), "f1": as_json(f)}
+            for name, recall, precision, f in zip(
+                r.class_names, by_class["recall"], by_class["precision"], f1.per_class
+            )
+        ],
+        "macro_f1": as_json(f1.macro),
+        "calibration": {
+            "gap": as_json(cal.gap),  # mean confidence - accuracy; > 0: over-confident
+            "verdict": stats.calibration_verdict(cal.gap),
+            "ece": as_json(cal.ece),
+            "ece_note": ECE_BIAS,
+            "bins": [
+                {"count": b.count, "accuracy": as_json(b.accuracy)}
+                for b in stats.reliability_intervals(confidence, right, level=u.level)
+            ],
+        },
+        "latency_ms": {f"p{q:g}": as_json(iv) for q, iv in latency.items()} or None,
+        "detectable": {
+            "accuracy_half_width": accuracy_iv.half_width,
+            # against this run, by a run of as many other images (unpaired), at power u.power and alpha 1 - level
+            "rerun_difference": _number(
+                stats.detectable_unpaired_difference(n, accuracy_iv.estimate, u.alpha, u.power)
+            ),
+            "power": u.power,
+            "alpha": u.alpha,
+        },
+    }
+
+
 # ------------------------------------------------------------------ all of them
 FIGURES: dict[str, Callable[[RunResult], object]] = {
     "counts": counts,
@@ -241,9 +335,12 @@ FIGURES: dict[str, Callable[[RunResult], object]] = {
 }
 
 
-def figures(r: RunResult) -> dict:
-    """Every figure of the run, by name."""
-    return {name: figure(r) for name, figure in FIGURES.items()}
+def figures(r: RunResult, uncertainty: Uncertainty | None = None) -> dict:
+    """Every figure of the run, by name; with ``uncertainty``, also their "intervals"."""
+    out = {name: figure(r) for name, figure in FIGURES.items()}
+    if uncertainty is not None:
+        out["intervals"] = intervals(r, uncertainty)
+    return out
 
 
 def _number(x) -> float | None:

@@ -33,13 +33,33 @@ FORMATS: dict[str, Callable[[Any, int], str]] = {
 }
 DIGITS = {"number": 1, "percent": 2, "pts": 2, "ms": 1, "signed_ms": 1, "seconds": 1, "rate": 1, "signed_rate": 1}
 DIGITS["p_value"] = 3
+# kind -> how an interval's bounds are written after the value, in its unit: 94.51% [94.05, 94.94]
+BOUNDS: dict[str, Callable[[Any, int], str]] = {
+    "number": lambda v, d: f"{v:.{d}f}",
+    "percent": lambda v, d: f"{100.0 * v:.{d}f}",
+    "pts": lambda v, d: f"{100 * v:+.{d}f}",
+    "ms": lambda v, d: f"{v:.{d}f}",
+    "signed_ms": lambda v, d: f"{v:+.{d}f}",
+}
 
 
-def fmt(value: Any, kind: str = "number", digits: int | None = None) -> str:
-    """A value as its kind is written; None and NaN are "n/a"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt(value: Any, kind: str = "number", digits: int | None = None, interval: Any = None) -> str:
+    """A value as its kind is written; None and NaN are "n/a". ``interval`` (lo, hi), or a dict with
+    "lo" and "hi" as report.json holds one, is written after it in brackets when both bounds are known."""
+    if _missing(value):
         return NA
-    return FORMATS[kind](value, DIGITS.get(kind, 0) if digits is None else digits)
+    d = DIGITS.get(kind, 0) if digits is None else digits
+    text = FORMATS[kind](value, d)
+    if isinstance(interval, dict):
+        interval = (interval.get("lo"), interval.get("hi"))
+    if interval is None or any(_missing(bound) for bound in interval):
+        return text
+    lo, hi = (BOUNDS[kind](bound, d) for bound in interval)
+    return f"{text} [{lo}, {hi}]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +67,21 @@ class Cell:
     value: Any
     kind: str = "text"
     digits: int | None = None
+    interval: Any = None  # (lo, hi) or a report.json interval dict: written as "value [lo, hi]"
 
     def __str__(self) -> str:
-        return fmt(self.value, self.kind, self.digits)
+        return fmt(self.value, self.kind, self.digits, self.interval)
 
 
 def cells(kind: str, *values: Any, digits: int | None = None) -> list[Cell]:
     return [Cell(v, kind, digits) for v in values]
+
+
+def estimate(interval: dict | None, kind: str, digits: int | None = None) -> Cell:
+    """A cell of an interval as report.json holds it ({"estimate", "lo", "hi", ...}; None: n/a)."""
+    if interval is None:
+        return Cell(None, kind, digits)
+    return Cell(interval["estimate"], kind, digits, interval)
 
 
 @dataclasses.dataclass

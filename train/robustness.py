@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from results.metrics import ECE_BINS, calibration_from_confidences
+from results.stats import bin_index
 
 CLEAN = "clean"
 LEVEL = 0.95
@@ -166,7 +167,7 @@ def _ece_samples(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarra
     weighted gap is a sum over its samples, taken with np.add.reduceat after sorting the samples by bin.
     """
     n_samples, n = len(confidence), weights.shape[1]
-    index = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    index = bin_index(confidence, ECE_BINS)
     order = np.argsort(index, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(index[order]) != 0])
     gap = (confidence - correct)[order] * (n / n_samples)
