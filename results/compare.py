@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from results import agreement, metrics, stats
-from results.metrics import Uncertainty, as_json
+from results.metrics import Uncertainty, as_json, interval_at
 from results.run import OfflineCheck
 from results.tables import Block, Cell, Table, cells, estimate
 
@@ -180,7 +180,10 @@ def comparison_intervals(a: RunResult, b: RunResult, ra: np.ndarray, rb: np.ndar
         return out | {
             "kind": "paired",
             "images": n,
-            "method": f"{overall.difference.method} interval; {overall.test}; Holm's correction across classes",
+            "method": (
+                f"{overall.difference.method} interval for the accuracy difference, {overall.test}, the same test per "
+                f"class with Holm's correction across the classes, F1 differences by a {f1.macro.method}"
+            ),
             "accuracy_a": as_json(stats.wilson_interval(int(right_a.sum()), n, u.level)),
             "accuracy_b": as_json(stats.wilson_interval(int(right_b.sum()), n, u.level)),
             "accuracy_difference": as_json(overall.difference),
@@ -205,7 +208,7 @@ def comparison_intervals(a: RunResult, b: RunResult, ra: np.ndarray, rb: np.ndar
     return out | {
         "kind": "unpaired",
         "images": [na, nb],
-        "method": "Newcombe hybrid score interval for two independent proportions; no test by image",
+        "method": "Newcombe's hybrid score interval for two independent proportions, overall and per class",
         "accuracy_a": as_json(stats.wilson_interval(int(right_a.sum()), na, u.level)),
         "accuracy_b": as_json(stats.wilson_interval(int(right_b.sum()), nb, u.level)),
         "accuracy_difference": as_json(
@@ -268,7 +271,7 @@ def headline(cmp: Comparison) -> str | None:
         text = f"B and A are equally accurate (difference {_points(est)} points [{_points(lo)}, {_points(hi)}])"
     if iv["kind"] != "paired":
         chance = "it could be chance" if lo <= 0 <= hi else "more than chance"
-        return f"{text} ({cmp.note}: the interval is for two independent runs, {chance}; no test by image)."
+        return f"{text}: {chance} (the runs are {cmp.note}, so the interval is for two independent samples)."
     tested = [c for c in iv["per_class"] if c["p_value"] is not None]
     worse = sum(c["better"] == "A" for c in tested)
     better = sum(c["better"] == "B" for c in tested)
@@ -297,36 +300,40 @@ def verdict(cmp: Comparison) -> str:
 
 
 def method_text(cmp: Comparison) -> str | None:
-    """How the comparison's intervals were made, and the smallest difference it could detect."""
+    """How the comparison's intervals and tests were made."""
     iv = cmp.intervals
     if not iv or "method" not in iv:
         return None
-    level, power, alpha = f"{100 * iv['level']:g}%", f"{100 * iv['power']:g}%", f"{iv['alpha']:g}"
+    level = f"{100 * iv['level']:g}%"
+    if iv["kind"] != "paired":
+        return f"{cmp.note[0].upper()}{cmp.note[1:]}; {level} intervals: {iv['method']}; no test by image."
+    text = f"Paired by image identity on {iv['images']} images; {level} intervals: {iv['method']}."
+    if {cmp.fa["counts"]["answered"], cmp.fb["counts"]["answered"]} != {cmp.paired_images}:
+        text += (
+            " Per class, the points are each run's own (all it answered); the intervals and tests use the "
+            f"{cmp.paired_images} images both answered."
+        )
+    return text
+
+
+def detectable_text(cmp: Comparison) -> str | None:
+    """The smallest accuracy difference a comparison of this size detects (paired: at its observed disagreement)."""
+    iv = cmp.intervals
+    if not iv or "method" not in iv:
+        return None
     detectable = iv.get("detectable_difference")
-    if iv["kind"] == "paired":
-        what = (
-            f"Paired by image identity on {iv['images']} images: {level} intervals by {iv['method']}. With "
-            f"{100 * iv['disagreement']:.2f}% of images answered right by one model only, this comparison detects"
-        )
-    else:
-        what = (
-            f"Unpaired ({cmp.note}): {level} intervals by {iv.get('method', 'n/a')}. Two runs of this size on "
-            "different images detect"
-        )
-    reach = f"an accuracy difference of {_points(detectable)} points" if detectable is not None else "no difference"
-    return f"{what} {reach} at {power} power (two-sided alpha {alpha})."
+    at = f"at {100 * iv['power']:g}% power (two-sided alpha {iv['alpha']:g})"
+    if iv["kind"] != "paired":
+        reach = f"{_points(detectable)} points" if detectable is not None else "no difference"
+        return f"Two runs of this size on different images detect an accuracy difference of {reach} {at}."
+    share = f"{100 * iv['disagreement']:.2f}% of images answered right by one model only"
+    if detectable is None:
+        return f"With {share}, no accuracy difference is detectable {at}."
+    return f"With {share}, this comparison detects an accuracy difference of {_points(detectable)} points {at}."
 
 
 def _interval(cmp: Comparison, key: str) -> dict | None:
     return (cmp.intervals or {}).get(key)
-
-
-def _figure_interval(figures: dict, *path: str) -> dict | None:
-    """An interval from a run's figures ("intervals", then path), or None when they carry none."""
-    node = figures.get("intervals")
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
 
 
 def overview_table(cmp: Comparison) -> Table:
@@ -356,20 +363,22 @@ def overview_table(cmp: Comparison) -> Table:
         rows.append(
             [
                 "Accuracy (all each answered)",
-                *(Cell(v, "percent", interval=_figure_interval(f, "accuracy")) for v, f in zip(acc, (fa, fb))),
+                *(Cell(v, "percent", interval=interval_at(f, "accuracy")) for v, f in zip(acc, (fa, fb))),
                 Cell(delta(acc[1], acc[0]), "pts"),
             ]
         )
     if "intervals" in fa:
         f1_a, f1_b = (
-            estimate(_figure_interval(fa, "macro_f1"), "number", 4),
-            estimate(_figure_interval(fb, "macro_f1"), "number", 4),
+            estimate(interval_at(fa, "macro_f1"), "number", 4),
+            estimate(interval_at(fb, "macro_f1"), "number", 4),
         )
         paired_f1 = _interval(cmp, "macro_f1_difference")  # on the paired images, by the paired bootstrap
         f1_delta = estimate(paired_f1, "number", 4) if paired_f1 else Cell(delta(f1_b.value, f1_a.value), "number", 4)
-        rows.append(["Macro F1", f1_a, f1_b, f1_delta])
+        partial = paired_f1 and {fa["counts"]["answered"], fb["counts"]["answered"]} != {cmp.paired_images}
+        label = f"Macro F1 (B - A on the {cmp.paired_images} paired images)" if partial else "Macro F1"
+        rows.append([label, f1_a, f1_b, f1_delta])
     ece = fa["calibration"]["ece"], fb["calibration"]["ece"]
-    ece_iv = _figure_interval(fa, "calibration", "ece"), _figure_interval(fb, "calibration", "ece")
+    ece_iv = interval_at(fa, "calibration", "ece"), interval_at(fb, "calibration", "ece")
     rows.append(
         ["ECE", *(Cell(v, "percent", interval=iv) for v, iv in zip(ece, ece_iv)), Cell(delta(*ece[::-1]), "pts")]
     )
@@ -378,8 +387,8 @@ def overview_table(cmp: Comparison) -> Table:
     rows += [
         [
             f"Latency {k}{within}",
-            Cell(la[k], "ms", interval=_figure_interval(fa, "latency_ms", k)),
-            Cell(lb[k], "ms", interval=_figure_interval(fb, "latency_ms", k)),
+            Cell(la[k], "ms", interval=interval_at(fa, "latency_ms", k)),
+            Cell(lb[k], "ms", interval=interval_at(fb, "latency_ms", k)),
             Cell(delta(lb[k], la[k]), "signed_ms"),
         ]
         for k in ("p50", "p90", "p99")
@@ -436,9 +445,11 @@ def comparison_tables(cmp: Comparison) -> dict[str, Table]:
     return tables
 
 
-def comparison_text(cmp: Comparison) -> list[str]:
-    """The sentences under the overview: the headline (with intervals), the McNemar verdict, the method."""
-    return [text for text in (headline(cmp), verdict(cmp), method_text(cmp)) if text]
+def comparison_text(cmp: Comparison, method: bool = True) -> list[str]:
+    """The sentences under the overview: the headline (with intervals), the McNemar verdict, the smallest
+    detectable difference and (with ``method``) how the intervals were made."""
+    texts = (headline(cmp), verdict(cmp), detectable_text(cmp), method_text(cmp) if method else None)
+    return [text for text in texts if text]
 
 
 def comparison_blocks(cmp: Comparison) -> list[Block]:

@@ -259,6 +259,19 @@ def as_json(iv: Interval) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in iv.as_dict().items()}
 
 
+def interval_at(figures: dict, *path: str | int) -> dict | None:
+    """What ``figures["intervals"]`` holds at ``path`` (keys and list positions), or None where it holds nothing."""
+    node = figures.get("intervals")
+    for key in path:
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+        else:
+            return None
+    return node
+
+
 def _send_order(r: RunResult) -> np.ndarray:
     """The answered requests in the order they were published (the streamer publishes in index order)."""
     index = r.answers.index

@@ -33,9 +33,10 @@ class Shown:
     comparison: Comparison | None = None
 
     @classmethod
-    def of(cls, a: RunResult, b: RunResult | None = None) -> Shown:
-        fa = metrics.figures(a)
-        return cls(a, fa, compare(a, b, fa) if b is not None else None)
+    def of(cls, a: RunResult, b: RunResult | None = None, uncertainty: metrics.Uncertainty | None = None) -> Shown:
+        """The figures of run a (and the comparison with b), each with its interval when ``uncertainty`` is given."""
+        fa = metrics.figures(a, uncertainty)
+        return cls(a, fa, compare(a, b, fa, uncertainty=uncertainty) if b is not None else None)
 
     def models(self) -> list[tuple[str, RunResult, dict]]:
         """(name, result, figures) of each model: "model" alone, or "A" and "B"."""
@@ -183,33 +184,51 @@ def batch_size_figure(shown: Shown) -> Figure:
 
 
 def reliability_figure(shown: Shown) -> Figure:
-    """Confidence bins against the accuracy observed in them, with how many predictions each bin holds."""
+    """Confidence bins against the accuracy observed in them, each with its Wilson interval (when the figures
+    carry intervals) and the number of predictions it holds: a bin of 3 gets a long bar, one of 8,000 a short one."""
     models = shown.models()
     bins = shown.figures["calibration"]["bins"]
     if not bins or not any(b["count"] for b in bins):
         return _empty_figure("Reliability diagram", "No answered predictions")
-    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(7.5, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(8, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
     width = 1 / len(bins) / len(models)
+    level, most = None, 1
     for k, (name, result, figures) in enumerate(models):
         cal = figures["calibration"]
         lows = np.array([b["lower"] for b in cal["bins"]]) + k * width
+        centres = lows + width / 2
         acc = np.array([b["accuracy"] if b["count"] else np.nan for b in cal["bins"]])
         conf = np.array([b["confidence"] if b["count"] else np.nan for b in cal["bins"]])
         counts = np.array([b["count"] for b in cal["bins"]])
+        most = max(most, int(counts.max()))
         label = f"{name} {result.model.identity or ''}: ECE {fmt(cal['ece'], 'percent')}"
         bars = ax.bar(lows, acc, width=width, align="edge", alpha=0.75, edgecolor="black", label=label)
         color = bars.patches[0].get_facecolor()
-        ax.scatter(lows + width / 2, conf, marker="_", s=120, color="black", zorder=3)
-        ax_n.bar(lows, counts, width=width, align="edge", color=color, edgecolor="black")
+        ax.scatter(centres, conf, marker="_", s=120, color="black", zorder=3)
+        intervals = (figures.get("intervals") or {}).get("calibration") or {}
+        if intervals.get("bins"):
+            level = figures["intervals"]["level"]
+            lo = np.array([b["accuracy"]["lo"] if b["count"] else np.nan for b in intervals["bins"]], float)
+            hi = np.array([b["accuracy"]["hi"] if b["count"] else np.nan for b in intervals["bins"]], float)
+            shown_bins = counts > 0
+            ax.errorbar(
+                centres[shown_bins], acc[shown_bins],
+                yerr=[acc[shown_bins] - lo[shown_bins], hi[shown_bins] - acc[shown_bins]],
+                fmt="none", ecolor="black", elinewidth=1.2, capsize=3, zorder=4,
+            )  # fmt: skip
+        count_bars = ax_n.bar(lows, counts, width=width, align="edge", color=color, edgecolor="black")
+        ax_n.bar_label(count_bars, labels=[str(c) if c else "" for c in counts], fontsize=7, padding=1)
     ax.set_ylabel("observed accuracy in the bin")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Reliability diagram: bars = accuracy, black ticks = mean confidence per bin")
+    ax.set_ylim(0, 1.05)
+    bars_say = f"bars = accuracy with its {100 * level:g}% Wilson interval" if level else "bars = accuracy"
+    ax.set_title(f"Reliability diagram: {bars_say},\nblack ticks = mean confidence per bin", fontsize=11)
     ax.legend(loc="upper left", fontsize=9)
     ax_n.set_yscale("log")
+    ax_n.set_ylim(top=most * 8)  # room above the tallest bar for its count
     ax_n.set_ylabel("predictions (log)")
-    ax_n.set_xlabel(f"confidence ({metrics.ECE_BINS} equal-width bins)")
+    ax_n.set_xlabel(f"confidence ({metrics.ECE_BINS} equal-width bins); the number on each bar is its count")
     fig.tight_layout()
     return fig
 

@@ -9,6 +9,8 @@
 
 Every table goes through results/tables.py; a comparison of two models (or of two saved runs) is
 results/compare.py's. Missing values (e.g. latencies of a run where nothing was answered) read "n/a".
+Every figure that is an estimate is shown with its interval (results/metrics.py's ``intervals``), at
+the level and bootstrap settings of configs/stream.py's ``intervals`` unless the caller passes others.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from configs import load_config
 from results import run as run_json
-from results.compare import compare, comparison_blocks, comparison_tables, model_text, verdict
+from results.compare import compare, comparison_blocks, comparison_tables, comparison_text, model_text
 from results.machine import describe as describe_machine
+from results.metrics import ECE_BIAS, Uncertainty, interval_at
 from results.run import RunResult
 from results.tables import Block, Cell, Section, Table, cells, fmt, render, render_page
 from streamer.figures import GALLERY_PNG, PLOTS, Shown, gallery_figure, save_figure
@@ -33,6 +37,18 @@ REPORT_HTML = "report.html"
 MAX_MISSING_LISTED = 50
 MAX_ERRORS_LISTED = 20
 PERCENTILE_KEYS = ("p50", "p90", "p95", "p99", "max", "mean")
+
+
+def interval_settings(config=None, level: float | None = None) -> Uncertainty:
+    """The intervals' settings: ``config.intervals`` (configs/stream.py's by default), ``level`` instead of its own."""
+    settings = dict((config or load_config(None, "stream.py")).intervals)
+    if level is not None:
+        settings["level"] = level
+    return Uncertainty(**settings)
+
+
+def _level(figures: dict) -> str:
+    return f"{100 * figures['intervals']['level']:g}%" if figures.get("intervals") else ""
 
 
 # --------------------------------------------------------------------------- tables
@@ -49,14 +65,25 @@ def _summary_table(shown: Shown) -> Table:
         )
     ]  # fmt: skip
     rows += [
-        ["Accuracy", f"{fmt(f['accuracy'], 'percent')} ({counts['correct']} correct)"],
+        [
+            "Accuracy",
+            f"{fmt(f['accuracy'], 'percent', interval=interval_at(f, 'accuracy'))} ({counts['correct']} correct)",
+        ],
+        *_detectable_rows(f),
         ["Publish rate target / achieved", f"{fmt(run.rate_target)} / {fmt(run.rate_achieved)} img/s"],
         [
             "Throughput (results)",
             f"{fmt(throughput['img_per_s'], 'rate')} over {fmt(throughput['first_publish_to_last_result_s'], 'seconds', 2)}",
         ],
     ]
-    rows += [[f"Latency {key}", Cell(latency[key], "ms")] for key in PERCENTILE_KEYS]
+    within = " (interval within this run)" if interval_at(f, "latency_ms") else ""
+    rows += [
+        [
+            f"Latency {key}" + (within if interval_at(f, "latency_ms", key) else ""),
+            Cell(latency[key], "ms", interval=interval_at(f, "latency_ms", key)),
+        ]
+        for key in PERCENTILE_KEYS
+    ]
     rows += [
         ["Ordering violations", Cell(r.ordering.violations, "count")],
         ["Offline check (same checkpoint)", _offline_text(r)],
@@ -69,7 +96,24 @@ def _summary_table(shown: Shown) -> Table:
         ["Broker / content type", f"{fmt(run.broker, 'text')} / {fmt(run.content_type, 'text')}"],
         ["Machine", describe_machine(run.machine)],
     ]
-    return Table(["Metric", "Value"], rows)
+    level = _level(f)
+    return Table(["Metric", f"Value [{level} interval]" if level else "Value"], rows)
+
+
+def _detectable_rows(f: dict) -> list[list]:
+    """How sure the accuracy is: its interval's half-width, and the change a same-size run on other images detects."""
+    found = interval_at(f, "detectable")
+    if not found:
+        return []
+    rerun = found["rerun_difference"]
+    return [
+        [f"Accuracy ± ({_level(f)} half-width)", f"{100 * found['accuracy_half_width']:.2f} pts"],
+        [
+            f"Smallest change a same-size run on other images detects ({100 * found['power']:g}% power, "
+            f"alpha {found['alpha']:g})",
+            f"{100 * rerun:.2f} pts" if rerun is not None else "n/a",
+        ],
+    ]
 
 
 def _warm_up_text(r: RunResult) -> str:
@@ -96,16 +140,42 @@ def _offline_text(r: RunResult) -> str:
     )
 
 
-def _per_class_table(shown: Shown) -> Table:
-    rows = [
-        [
-            row["class"],
-            Cell(row["support"], "count"),
-            *cells("number", *(row[k] for k in ("accuracy", "precision", "recall", "f1")), digits=3),
-        ]
-        for row in shown.figures["per_class"]
-    ]
+def _per_class_table(figures: dict) -> Table:
+    """Support, accuracy (= recall), precision, recall and F1 of each class, with their intervals."""
+    rows = []
+    for c, row in enumerate(figures["per_class"]):
+        recall = interval_at(figures, "per_class", c, "recall")
+        rows.append(
+            [
+                row["class"],
+                Cell(row["support"], "count"),
+                Cell(row["accuracy"], "number", 3, recall),
+                Cell(row["precision"], "number", 3, interval_at(figures, "per_class", c, "precision")),
+                Cell(row["recall"], "number", 3, recall),
+                Cell(row["f1"], "number", 3, interval_at(figures, "per_class", c, "f1")),
+            ]
+        )
     return Table(["Class", "Support", "Accuracy", "Precision", "Recall", "F1"], rows)
+
+
+def _per_class_blocks(shown: Shown) -> list[Block]:
+    """One per-class table per model; the intervals' methods under them."""
+    models = shown.models()
+    blocks: list[Block] = []
+    for name, r, figures in models:
+        if len(models) > 1:
+            blocks.append(("text", f"Model {name} {r.model.identity or ''}:"))
+        blocks.append(("table", _per_class_table(figures)))
+    if interval_at(shown.figures, "per_class"):
+        blocks.append(
+            (
+                "text",
+                f"{_level(shown.figures)} intervals: Wilson score for accuracy, precision and recall (a proportion of "
+                f"images); percentile bootstrap over images for F1 ({shown.figures['intervals']['resamples']} "
+                f"resamples, seed {shown.figures['intervals']['seed']}).",
+            )
+        )
+    return blocks
 
 
 def _confusion_table(shown: Shown) -> Table:
@@ -121,26 +191,59 @@ def _calibration_table(shown: Shown) -> Table:
     header += [
         f"{'model' if name == 'model' else 'model ' + name} {r.model.identity or ''}".strip() for name, r, _ in models
     ]
-    cals = [figures["calibration"] for _, _, figures in models]
+    figs = [figures for _, _, figures in models]
+    cals = [f["calibration"] for f in figs]
     return Table(
         header,
         [
-            ["Expected calibration error (ECE)", *cells("percent", *(c["ece"] for c in cals))],
+            [
+                "Expected calibration error (ECE)",
+                *(Cell(c["ece"], "percent", interval=interval_at(f, "calibration", "ece")) for c, f in zip(cals, figs)),
+            ],
             ["Largest bin gap |confidence - accuracy|", *cells("percent", *(c["max_gap"] for c in cals))],
             ["Mean confidence", *cells("percent", *(c["mean_confidence"] for c in cals))],
-            ["Accuracy", *cells("percent", *(c["accuracy"] for c in cals))],
-            ["Verdict", *(_confidence_verdict(c) for c in cals)],
+            [
+                "Accuracy",
+                *(Cell(c["accuracy"], "percent", interval=interval_at(f, "accuracy")) for c, f in zip(cals, figs)),
+            ],
+            [
+                "Mean confidence - accuracy (> 0: over-confident)",
+                *(
+                    Cell(c["overconfidence"], "pts", interval=interval_at(f, "calibration", "gap"))
+                    for c, f in zip(cals, figs)
+                ),
+            ],
+            ["Verdict", *(confidence_verdict(f) for f in figs)],
         ],
     )
 
 
-def _confidence_verdict(cal: dict) -> str:
-    over = cal.get("overconfidence")
-    if over is None:
+def confidence_verdict(figures: dict) -> str:
+    """Over- or under-confident only when the interval of mean confidence - accuracy excludes 0."""
+    calibration = interval_at(figures, "calibration")
+    if not calibration:
         return "n/a"
-    if abs(over) < 0.005:
-        return "confidence matches accuracy (within 0.5 points)"
-    return f"{'over' if over > 0 else 'under'}-confident by {abs(over) * 100:.2f} points"
+    gap = calibration["gap"]
+    if calibration["verdict"] == "consistent with calibrated":
+        return f"consistent with calibrated (the {_level(figures)} interval of the gap includes 0)"
+    if calibration["verdict"] in ("over-confident", "under-confident"):
+        return f"{calibration['verdict']} by {fmt(abs(gap['estimate']), 'pts').lstrip('+')} (its interval excludes 0)"
+    return calibration["verdict"]
+
+
+def _calibration_blocks(shown: Shown) -> list[Block]:
+    blocks: list[Block] = [("table", _calibration_table(shown))]
+    if interval_at(shown.figures, "calibration"):
+        gap_method = shown.figures["intervals"]["calibration"]["gap"]["method"]
+        blocks.append(
+            (
+                "text",
+                f"The verdict rests on the interval of mean confidence - accuracy alone ({gap_method}: each image keeps "
+                f"its own confidence). {ECE_BIAS} The reliability diagram's bars carry each bin's Wilson interval "
+                "and its count.",
+            )
+        )
+    return blocks + [_image("reliability")]
 
 
 def _server_table(shown: Shown) -> Table:
@@ -182,9 +285,9 @@ def report_sections(shown: Shown, gallery: bool = False) -> list[Section]:
     r = shown.result
     sections: list[Section] = [
         ("Summary", [("table", _summary_table(shown))]),
-        ("Per-class metrics", [("table", _per_class_table(shown))]),
+        ("Per-class metrics", _per_class_blocks(shown)),
         ("Confusion matrix", [_image("confusion"), ("table", _confusion_table(shown))]),
-        ("Calibration: is the confidence true?", [("table", _calibration_table(shown)), _image("reliability")]),
+        ("Calibration: is the confidence true?", _calibration_blocks(shown)),
         ("Latency", [_image("latency")]),
         ("Throughput", [_image("throughput")]),
         (
@@ -213,16 +316,22 @@ def report_sections(shown: Shown, gallery: bool = False) -> list[Section]:
 
 
 def write_report(
-    result: RunResult, out_dir: str | Path, images: np.ndarray | None = None, compared: RunResult | None = None
+    result: RunResult,
+    out_dir: str | Path,
+    images: np.ndarray | None = None,
+    compared: RunResult | None = None,
+    shown: Shown | None = None,
 ) -> Path:
     """Write report.json, the PNG plots, report.md and report.html into ``out_dir``; returns it as a Path.
 
     With a second model's result (``compared``, on the same requests) the report puts them side by
-    side, and with the run's ``images`` it adds a gallery of the images where they disagree.
+    side, and with the run's ``images`` it adds a gallery of the images where they disagree. ``shown``
+    (Shown.of the same results) saves computing the figures and their intervals again; without it they
+    are computed at configs/stream.py's settings.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shown = Shown.of(result, compared)
+    shown = shown or Shown.of(result, compared, interval_settings())
     cmp = shown.comparison
     runs, figures = ([cmp.a, cmp.b], [cmp.fa, cmp.fb]) if cmp else ([result], [shown.figures])
     run_json.save(out_dir / REPORT_JSON, runs, figures, cmp.to_json() if cmp else None)
@@ -238,11 +347,43 @@ def write_report(
     return out_dir
 
 
-def render_terminal(result: RunResult, out_dir: str | Path | None = None, compared: RunResult | None = None) -> str:
+def _latency_text(f: dict) -> str:
+    latency = f["latency_ms"]
+    text = "   ".join(
+        f"{k} {fmt(latency[k], 'ms', interval=interval_at(f, 'latency_ms', k))}" for k in ("p50", "p90", "p99")
+    )
+    return f"{text}   max {fmt(latency['max'], 'ms')}" + (
+        "  (intervals within this run)" if interval_at(f, "latency_ms") else ""
+    )
+
+
+def _calibration_text(f: dict) -> str:
+    cal = f["calibration"]
+    ece = fmt(cal["ece"], "percent", interval=interval_at(f, "calibration", "ece"))
+    gap = fmt(cal["overconfidence"], "pts", interval=interval_at(f, "calibration", "gap"))
+    verdict = (interval_at(f, "calibration") or {}).get("verdict", "n/a")
+    return f"ECE {ece}; mean confidence {fmt(cal['mean_confidence'], 'percent')} - accuracy = {gap}: {verdict}"
+
+
+def _detectable_text(f: dict) -> str | None:
+    found = interval_at(f, "detectable")
+    if not found:
+        return None
+    rerun = found["rerun_difference"]
+    reach = f"{100 * rerun:.2f} pts" if rerun is not None else "no change"
+    return (
+        f"±{100 * found['accuracy_half_width']:.2f} pts ({_level(f)}); a same-size run on other images detects "
+        f"{reach} ({100 * found['power']:g}% power, alpha {found['alpha']:g})"
+    )
+
+
+def render_terminal(
+    result: RunResult, out_dir: str | Path | None = None, compared: RunResult | None = None, shown: Shown | None = None
+) -> str:
     """A ~20-line console summary of the run, readable at a glance; mentions where the report lives."""
-    shown = Shown.of(result, compared)
+    shown = shown or Shown.of(result, compared, interval_settings())
     r, f = result, shown.figures
-    run, counts, latency, throughput, server = r.run, f["counts"], f["latency_ms"], f["throughput"], f["server"]
+    run, counts, throughput, server = r.run, f["counts"], f["throughput"], f["server"]
     reasons = f["error_reasons"]
     lines = [
         "=" * 78,
@@ -258,29 +399,31 @@ def render_terminal(result: RunResult, out_dir: str | Path | None = None, compar
         f"  images      sent {counts['sent']}   answered {counts['answered']}   missing {counts['missing']}",
         f"              duplicates {counts['duplicates']}   errors {counts['errors']}"
         f"   dead-lettered {counts['dead_lettered']}   stray {counts['stray']}",
-        f"  accuracy    {fmt(f['accuracy'], 'percent')}  ({counts['correct']} correct)",
-        f"  latency     p50 {fmt(latency['p50'], 'ms')}   p90 {fmt(latency['p90'], 'ms')}"
-        f"   p99 {fmt(latency['p99'], 'ms')}   max {fmt(latency['max'], 'ms')}",
+        f"  accuracy    {fmt(f['accuracy'], 'percent', interval=interval_at(f, 'accuracy'))}  ({counts['correct']} correct)",
+    ]
+    if (detectable := _detectable_text(f)) is not None:
+        lines.append(f"  how sure    {detectable}")
+    lines += [
+        f"  latency     {_latency_text(f)}",
         f"  throughput  {fmt(throughput['img_per_s'], 'rate')}"
         f"   publish rate {fmt(run.rate_achieved)} / target {fmt(run.rate_target)} img/s",
         f"  server      queue p50 {fmt(server['queue_ms']['p50'], 'ms')}   compute p50 "
         f"{fmt(server['compute_ms']['p50'], 'ms')}   mean batch {fmt(server['mean_batch_size'])}",
         f"  ordering    {r.ordering.violations} violation(s)",
         "  errors      " + (", ".join(f"{reason} x{count}" for reason, count in reasons.items()) or "none"),
+        f"  calibration {_calibration_text(f)}",
     ]
-    cal = f["calibration"]
-    lines.append(
-        f"  calibration ECE {fmt(cal['ece'], 'percent')}, mean confidence {fmt(cal['mean_confidence'], 'percent')} "
-        f"vs accuracy {fmt(cal['accuracy'], 'percent')}: {_confidence_verdict(cal)}"
-    )
     weakest = [row for row in f["per_class"] if row["accuracy"] is not None]
     if weakest:
         worst = min(weakest, key=lambda row: row["accuracy"])
-        lines.append(f"  weakest     {worst['class']} ({fmt(worst['accuracy'], 'percent')} of {worst['support']})")
+        c = f["per_class"].index(worst)
+        accuracy = fmt(worst["accuracy"], "percent", interval=interval_at(f, "per_class", c, "recall"))
+        lines.append(f"  weakest     {worst['class']} ({accuracy} of {worst['support']})")
     if r.offline is not None:
         lines.append(f"  offline     {_offline_text(r)}")
     if shown.comparison is not None:
-        lines += [render(comparison_tables(shown.comparison)["overview"], "terminal"), "  " + verdict(shown.comparison)]
+        lines.append(render(comparison_tables(shown.comparison)["overview"], "terminal"))
+        lines += ["  " + text for text in comparison_text(shown.comparison, method=False)]
     if out_dir is not None:
         out_dir = Path(out_dir)
         lines.append(f"  report      {out_dir / REPORT_MD}  |  {out_dir / REPORT_HTML}")
@@ -308,31 +451,41 @@ def _resolve_report_json(path: str | Path | None, reports_dir: str | Path) -> Pa
     return report_json
 
 
-def show_report(path: str | Path | None = None, reports_dir: str | Path = "reports") -> str:
-    """Terminal summary of a saved run: ``path`` (folder or report.json) or else the newest in ``reports_dir``.
+def show_report(
+    path: str | Path | None = None, reports_dir: str | Path = "reports", uncertainty: Uncertainty | None = None
+) -> str:
+    """Terminal summary of a saved run: ``path`` (folder or report.json) or else the newest in ``reports_dir``,
+    with intervals at ``uncertainty`` (default: configs/stream.py's).
 
     Raises results.run.ReportError (one line) for a report.json this version cannot read.
     """
     report_json = _resolve_report_json(path, reports_dir)
     runs = run_json.load(report_json)
-    return render_terminal(runs[0], report_json.parent, runs[1] if len(runs) > 1 else None)
+    b = runs[1] if len(runs) > 1 else None
+    return render_terminal(runs[0], report_json.parent, b, Shown.of(runs[0], b, uncertainty or interval_settings()))
 
 
-def diff_reports(path_a: str | Path, path_b: str | Path, reports_dir: str | Path = "reports") -> tuple[str, Path]:
+def diff_reports(
+    path_a: str | Path, path_b: str | Path, reports_dir: str | Path = "reports", uncertainty: Uncertainty | None = None
+) -> tuple[str, Path]:
     """Compare two saved runs (any days apart): the comparison of two models in one run, applied to
-    the first model of each. Returns the text (printed by `python -m streamer report --diff A B`) and
-    the folder where diff.md and diff.json were written.
+    the first model of each, with every difference's interval (paired by image identity when both
+    answered the same images, unpaired otherwise; it says which). Returns the text (printed by
+    `python -m streamer report --diff A B`) and the folder where diff.md, diff.html and diff.json were written.
     """
     paths = [_resolve_report_json(p, reports_dir) for p in (path_a, path_b)]
-    cmp = compare(run_json.load(paths[0])[0], run_json.load(paths[1])[0])
+    cmp = compare(
+        run_json.load(paths[0])[0], run_json.load(paths[1])[0], uncertainty=uncertainty or interval_settings()
+    )
     blocks = comparison_blocks(cmp)
     sections: list[Section] = [("Overview", blocks[:-1]), ("Per class", blocks[-1:])]
     # Beside run A's folder (reports/<run>/ -> reports/diff-<time>/), wherever that folder lives.
     out_dir = paths[0].parent.parent / f"diff-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "diff.md").write_text(render_page("Run A against run B", sections, "markdown"), encoding="utf-8")
+    for name, form in (("diff.md", "markdown"), ("diff.html", "html")):
+        (out_dir / name).write_text(render_page("Run A against run B", sections, form), encoding="utf-8")
     tables = {name: table.records() for name, table in comparison_tables(cmp).items()}
     diff = {"runs": [str(p) for p in paths], **tables, "comparison": cmp.to_json()}
     (out_dir / "diff.json").write_text(json.dumps(diff, indent=1), encoding="utf-8")
     text = render_page("Run A against run B", sections, "terminal")
-    return f"{text}\n\n  written to {out_dir / 'diff.md'} and diff.json", out_dir
+    return f"{text}\n\n  written to {out_dir / 'diff.md'}, diff.html and diff.json", out_dir

@@ -249,9 +249,10 @@ def test_report_diff_renders_the_one_comparison(tmp_path):
     assert "# Run A against run B" in markdown and "## Per class" in markdown and "McNemar (exact" in markdown
     diff = json.loads((out / "diff.json").read_text())
     overview = {row[""]: row for row in diff["overview"]}
-    assert overview["Accuracy (9 paired images)"]["B - A"] == "-11.11 pts"
+    # Newcombe's paired interval of -1/9 (6 both right, 2 A only, 1 B only): results.stats, checked against Newcombe's tables
+    assert overview["Accuracy (9 paired images)"]["B - A"] == "-11.11 pts [-46.51, +27.57]"
     assert diff["mcnemar"][0] == {"McNemar (exact, two-sided)": "A right", "B right": "6", "B wrong": "2"}
-    assert diff["per_class"][0]["Δ accuracy"] == "-8.33 pts"
+    assert diff["per_class"][0]["Δ accuracy"] == "-8.33 pts [-79.23, +29.05]"  # each run's own; the interval paired
     assert diff["comparison"]["paired_images"] == 9
     same, _ = diff_reports(a, a)
     assert "same" in same and "+0.00 pts" in same
