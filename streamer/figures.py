@@ -205,7 +205,7 @@ def reliability_figure(shown: Shown) -> Figure:
         label = f"{name} {result.model.identity or ''}: ECE {fmt(cal['ece'], 'percent')}"
         bars = ax.bar(lows, acc, width=width, align="edge", alpha=0.75, edgecolor="black", label=label)
         color = bars.patches[0].get_facecolor()
-        ax.scatter(centres, conf, marker="_", s=120, color="black", zorder=3)
+        ax.scatter(centres, conf, marker="_", s=160, linewidths=2.5, color="tab:red", zorder=5)
         intervals = (figures.get("intervals") or {}).get("calibration") or {}
         if intervals.get("bins"):
             level = figures["intervals"]["level"]
@@ -214,19 +214,22 @@ def reliability_figure(shown: Shown) -> Figure:
             shown_bins = counts > 0
             ax.errorbar(
                 centres[shown_bins], acc[shown_bins],
-                yerr=[acc[shown_bins] - lo[shown_bins], hi[shown_bins] - acc[shown_bins]],
-                fmt="none", ecolor="black", elinewidth=1.2, capsize=3, zorder=4,
+                # clipped at 0: at 0% or 100% a Wilson bound can sit a rounding error past the estimate
+                yerr=np.maximum([acc[shown_bins] - lo[shown_bins], hi[shown_bins] - acc[shown_bins]], 0),
+                fmt="none", ecolor="black", elinewidth=1.0, capsize=2.5, zorder=4,
             )  # fmt: skip
         count_bars = ax_n.bar(lows, counts, width=width, align="edge", color=color, edgecolor="black")
-        ax_n.bar_label(count_bars, labels=[str(c) if c else "" for c in counts], fontsize=7, padding=1)
+        side_by_side = {"fontsize": 6, "rotation": 90} if len(models) > 1 else {"fontsize": 7}
+        ax_n.bar_label(count_bars, labels=[str(c) if c else "" for c in counts], padding=1, **side_by_side)
     ax.set_ylabel("observed accuracy in the bin")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)  # headroom above 1.0 for the legend, so it hides no bar
+    ax.set_yticks(np.linspace(0, 1, 6))
     bars_say = f"bars = accuracy with its {100 * level:g}% Wilson interval" if level else "bars = accuracy"
-    ax.set_title(f"Reliability diagram: {bars_say},\nblack ticks = mean confidence per bin", fontsize=11)
-    ax.legend(loc="upper left", fontsize=9)
+    ax.set_title(f"Reliability diagram: {bars_say},\nred ticks = mean confidence per bin", fontsize=11)
+    ax.legend(loc="upper left", fontsize=9, ncols=2)
     ax_n.set_yscale("log")
-    ax_n.set_ylim(top=most * 8)  # room above the tallest bar for its count
+    ax_n.set_ylim(top=most * (30 if len(models) > 1 else 8))  # room above the tallest bar for its count
     ax_n.set_ylabel("predictions (log)")
     ax_n.set_xlabel(f"confidence ({metrics.ECE_BINS} equal-width bins); the number on each bar is its count")
     fig.tight_layout()
