@@ -172,16 +172,16 @@ class Collector:
         """Start pulling result messages in a background thread (see ResultPump)."""
         return ResultPump([self], subscription_path)
 
-    def running_stats(self) -> tuple[float | None, float | None]:
-        """(accuracy, p50 latency in ms) of what has arrived so far, for the progress bar."""
+    def running_stats(self) -> tuple[int, int, float | None]:
+        """(right, answered, p50 latency in ms) of what has arrived so far, for the progress bar."""
         with self.lock:
             ok = self.answered & (self.prediction >= 0)
             if not ok.any():
-                return None, None
-            accuracy = float((self.prediction[ok] == self.labels[ok]).mean())
+                return 0, 0, None
+            right = int((self.prediction[ok] == self.labels[ok]).sum())
             latency = self.latency_ms[ok]
             latency = latency[~np.isnan(latency)]
-            return accuracy, float(np.median(latency)) if len(latency) else None
+            return right, int(ok.sum()), float(np.median(latency)) if len(latency) else None
 
     def flush_state(self) -> None:
         """Write the state file atomically (a no-op without one)."""

@@ -26,6 +26,7 @@ from results import metrics
 from results.compare import offline_check
 from results.machine import machine
 from results.run import OfflineCheck, RunInfo, RunResult, dataset_identity
+from results.stats import wilson_bounds
 from streamer.collector import Collector, ResultPump
 from streamer.datasets import load_dataset
 from streamer.stream import publish_dataset
@@ -120,7 +121,9 @@ async def stream_and_collect(
                 )
             )
         watch = Watch(topo.project, servers)
-        sent_s = await wait_for_results(collectors, bars, publishing, pump, stop, config.collector, watch)
+        sent_s = await wait_for_results(
+            collectors, bars, publishing, pump, stop, config.collector, watch, config.intervals.level
+        )
     finally:
         publish_stop.set()
         if publishing is not None and not publishing.done():
@@ -176,8 +179,10 @@ async def wait_for_results(
     stop: asyncio.Event,
     cfg,
     watch=None,
+    level: float | None = None,
 ):
-    """Until every request is answered, the timeout expires, or the user interrupts.
+    """Until every request is answered, the timeout expires, or the user interrupts; the bars show the running
+    accuracy with its interval's half-width at ``level``.
 
     Raises RunError/BrokerError (one clear line) when publishing fails, the results
     subscription dies, the managed server exits or the broker stops answering.
@@ -201,23 +206,31 @@ async def wait_for_results(
             last_progress, last_count = now, count
         if now >= next_postfix:  # twice a second
             next_postfix = now + 0.5
-            _show_running(collectors, bars)
+            _show_running(collectors, bars, level)
         if now > deadline or (published and now - last_progress > cfg.idle_timeout_s):
             log.warning("timed out waiting for results (%d/%d answered)", count, total)
             break
         await asyncio.sleep(0.05)
-    _show_running(collectors, bars)  # the final figures: the last update can be up to 0.5 s old
+    _show_running(collectors, bars, level)  # the final figures: the last update can be up to 0.5 s old
     if not published and publishing.done():
         sent_s = _published(publishing)
     return sent_s
 
 
-def _show_running(collectors, bars) -> None:
-    """Running accuracy and p50 latency on each progress bar."""
+def _show_running(collectors, bars, level: float | None = None) -> None:
+    """Running accuracy (± the half-width of its Wilson interval at ``level``) and p50 latency on each progress bar.
+
+    Twice a second: one Wilson bound pair in closed form costs microseconds; no bootstrap runs here.
+    """
     for collector, bar in zip(collectors, bars):
-        accuracy, p50 = collector.running_stats()
-        if accuracy is not None:
-            bar.set_postfix_str(f"acc {accuracy:.2%}, p50 {p50:.0f} ms" if p50 else f"acc {accuracy:.2%}")
+        right, answered, p50 = collector.running_stats()
+        if not answered:
+            continue
+        text = f"acc {right / answered:.2%}"
+        if level is not None:
+            lo, hi = wilson_bounds(right, answered, level)
+            text += f" ±{50 * (hi - lo):.2f} pts"
+        bar.set_postfix_str(f"{text}, p50 {p50:.0f} ms" if p50 else text)
 
 
 def _published(publishing: asyncio.Task):
@@ -321,7 +334,8 @@ def compare_topology(project: str, config, suffix: str) -> Topology:
 # -------------------------------------------------------------- entry points
 def run(args, config) -> int:
     """The whole evaluation (or, with --collect-only, the collecting half of one); returns the exit code."""
-    from streamer.report import render_terminal, write_report
+    from streamer.figures import Shown
+    from streamer.report import interval_settings, render_terminal, write_report
 
     collect_only = args.collect_only
     if collect_only:
@@ -355,8 +369,9 @@ def run(args, config) -> int:
             result.offline = verify_offline(result, model_dir, data)
     a, b = results[0], (results[1] if args.compare else None)
     out_dir = Path(config.collector.reports_dir) / (time.strftime("%Y%m%d-%H%M%S") + f"-{run_id}")
-    write_report(a, out_dir, images=data.images, compared=b)
-    print(render_terminal(a, out_dir, compared=b))
+    shown = Shown.of(a, b, interval_settings(config))  # every figure and its interval, computed once
+    write_report(a, out_dir, images=data.images, compared=b, shown=shown)
+    print(render_terminal(a, out_dir, compared=b, shown=shown))
     code, verdict = run_verdict(a)
     if b is not None and code == EXIT_OK:
         code, verdict = run_verdict(b)
