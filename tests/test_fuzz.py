@@ -152,7 +152,7 @@ def test_results_topic_bytes_are_refused_with_the_wires_error(raw):
 
 
 def test_out_of_range_integers_are_a_bad_attribute_not_an_encoding_failure():
-    """The defect of issue 10: 20 digits passed validation, then broke JSON encoding for the whole batch."""
+    """A defect once shipped: 20 digits passed validation, then broke JSON encoding for the whole batch."""
     attrs = {"request_id": "big-seq", "content_type": wire.RAW, "shape": "28,28,1", "seq": "9" * 20, "sent_ns": "1"}
     try:
         wire.check_request(b"\0" * 784, attrs)
