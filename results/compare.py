@@ -457,3 +457,45 @@ def comparison_blocks(cmp: Comparison) -> list[Block]:
     tables = comparison_tables(cmp)
     blocks: list[Block] = [("table", tables.pop("overview")), *(("text", t) for t in comparison_text(cmp))]
     return blocks + [("table", table) for table in tables.values()]
+
+
+# ------------------------------------------------------------------ planning
+def plan(
+    delta: float, baseline: float, disagreement: float | None, alpha: float, power: float, source: str = ""
+) -> list[str]:
+    """How many images a comparison needs to detect an accuracy difference ``delta`` (a fraction), as lines of text.
+
+    Paired (two models on the same images, McNemar) at ``disagreement``, the share of images one model
+    gets right and the other wrong, or, when None, stats.assumed_disagreement's rule; unpaired (two runs
+    on different images); and one run against ``baseline`` taken as known. Raises ValueError (one line)
+    for a difference the baseline cannot have.
+    """
+    points = f"{100 * delta:g} point{'' if 100 * delta == 1 else 's'}"
+    if not 0 <= (baseline - delta if baseline >= 0.5 else baseline + delta) <= 1:
+        raise ValueError(
+            f"an accuracy of {100 * baseline:g}% cannot {'fall' if baseline >= 0.5 else 'rise'} by {points} (a plan "
+            "takes the change toward 50%, the one that needs more images)"
+        )
+    assumed = disagreement is None
+    psi = stats.assumed_disagreement(baseline, delta) if assumed else disagreement
+    if psi < abs(delta):
+        raise ValueError(
+            f"a disagreement of {100 * psi:g}% cannot carry a difference of {points}: "
+            "every difference is made of images one model gets right and the other wrong"
+        )
+    paired = stats.images_needed_paired(delta, psi, alpha, power)
+    unpaired = stats.images_needed_unpaired(delta, baseline, alpha, power)
+    known = stats.images_needed_vs_baseline(delta, baseline, alpha, power)
+    why = (
+        f"assumed: the baseline's {100 * (1 - baseline):.2f}% errors + the {points} sought; --plan-disagreement sets it"
+        if assumed
+        else "as given"
+    )
+    return [
+        f"To detect an accuracy difference of {points} at {100 * power:g}% power (two-sided alpha "
+        f"{alpha:g}), from a baseline accuracy of {100 * baseline:.2f}%{f' ({source})' if source else ''}:",
+        f"  two models on the same images (paired, McNemar's test): {paired:,} images, if one is right and the other "
+        f"wrong on {100 * psi:.2f}% of them ({why})",
+        f"  two runs on different images (unpaired): {unpaired:,} images in each run",
+        f"  one run against the baseline taken as exactly known: {known:,} images",
+    ]

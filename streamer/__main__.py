@@ -6,10 +6,14 @@ python -m streamer report [DIR]                  (show the latest, or the named,
 python -m streamer report --diff RUN_A RUN_B     (compare two saved runs: accuracy, per class, latency, models)
 python -m streamer --dataset folder:DIR --model M [--content-type png]   (your model on your test set)
 python -m streamer --compare OTHER_MODEL         (two models, the same requests, McNemar's test)
+python -m streamer --plan-delta POINTS [--plan-accuracy PERCENT] [--plan-disagreement PERCENT]
+                                                 (images needed to detect a difference; nothing is started)
 """
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 from configs import config_flag_metavars
 
@@ -58,30 +62,145 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare", help="a second model folder: served on its own subscription of the same requests")
     p.add_argument("--index", type=int, help="send test image N and print its prediction")
     p.add_argument("--image", help="send this PNG/JPEG and print its prediction")
-    return config_flag_metavars(p).parse_args(argv)
+    _interval_flags(p)
+    p.add_argument(
+        "--plan-delta",
+        type=float,
+        metavar="POINTS",
+        help="print the images needed to detect an accuracy difference of POINTS percentage points and exit "
+        "(nothing is started)",
+    )
+    p.add_argument(
+        "--plan-accuracy",
+        type=float,
+        metavar="PERCENT",
+        help="--plan-delta's baseline accuracy (default: the model's test accuracy in its metadata.json)",
+    )
+    p.add_argument(
+        "--plan-disagreement",
+        type=float,
+        metavar="PERCENT",
+        help="--plan-delta's share of images two models answer differently, one right and one wrong "
+        "(default: 100 - baseline accuracy + POINTS)",
+    )
+    args = config_flag_metavars(p).parse_args(argv)
+    if (problem := flag_problem(args)) is not None:
+        p.exit(2, f"{p.prog}: error: {problem}\n")
+    return args
+
+
+def _interval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--confidence-level",
+        type=float,
+        dest="intervals.level",
+        metavar="LEVEL",
+        help="two-sided level of every interval, e.g. 0.99; the tests are at 1 - LEVEL (default 0.95, configs/stream.py)",
+    )
+
+
+# The allowed values of the flags above: (lowest, highest, whether the lowest itself is excluded). A level
+# below 0.5 misses more often than it covers; above 0.999 a 1,000-resample bootstrap's bounds are its
+# most extreme resamples. Differences and shares are in percentage points, within 0-100.
+FLAG_DOMAINS = {
+    "intervals.level": ("--confidence-level", 0.5, 0.999, False),
+    "plan_delta": ("--plan-delta", 0.0, 100.0, True),
+    "plan_accuracy": ("--plan-accuracy", 0.0, 100.0, False),
+    "plan_disagreement": ("--plan-disagreement", 0.0, 100.0, True),
+}
+
+
+def flag_problem(args: argparse.Namespace) -> str | None:
+    """One line naming the first flag outside its domain (FLAG_DOMAINS), or None: checked before anything starts."""
+    for dest, (flag, low, high, above) in FLAG_DOMAINS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value > high or (value <= low if above else value < low):
+            bound = f"above {low:g} and at most {high:g}" if above else f"from {low:g} to {high:g}"
+            return f"{flag} {value:g} is not allowed: use a number {bound}"
+    delta, disagreement = getattr(args, "plan_delta", None), getattr(args, "plan_disagreement", None)
+    if delta is None:
+        for dest in ("plan_accuracy", "plan_disagreement"):
+            if getattr(args, dest, None) is not None:
+                return f"{FLAG_DOMAINS[dest][0]} needs --plan-delta POINTS"
+    elif disagreement is not None and disagreement < delta:
+        return (
+            f"--plan-disagreement {disagreement:g} is below --plan-delta {delta:g}: a difference is made of images "
+            "one model gets right and the other wrong, so they disagree on at least that many"
+        )
+    return None
+
+
+def plan(args: argparse.Namespace) -> int:
+    """--plan-delta: the images needed, printed; the baseline from --plan-accuracy or the model's metadata.json."""
+    from configs import from_args
+    from results.compare import plan as plan_lines
+    from results.metrics import Uncertainty
+
+    config = from_args(args, "stream.py")
+    u = Uncertainty(**config.intervals)
+    if args.plan_accuracy is not None:
+        baseline, source = args.plan_accuracy / 100, "--plan-accuracy"
+    else:
+        from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata
+
+        model_dir = Path(config.model_dir or DEFAULT_MODEL_DIR)
+        try:
+            baseline, source = float(load_metadata(model_dir)["test_accuracy"]), f"{model_dir}/metadata.json"
+        except (ModelError, KeyError, TypeError, ValueError) as err:
+            print(f"error: {err if isinstance(err, ModelError) else f'{model_dir}/metadata.json has no test_accuracy'}"
+                  "; or give --plan-accuracy PERCENT", file=sys.stderr)  # fmt: skip
+            return 2
+    disagreement = None if args.plan_disagreement is None else args.plan_disagreement / 100
+    try:
+        print("\n".join(plan_lines(args.plan_delta / 100, baseline, disagreement, u.alpha, u.power, source)))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def parse_report_args(argv: list[str]) -> argparse.Namespace:
+    """`report [DIR] [--diff RUN_A RUN_B] [--confidence-level L]`: checked like the run's flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m streamer report", description="Show a saved report again, or compare two saved runs."
+    )
+    p.add_argument("path", nargs="?", help="a report folder or its report.json (default: the newest under reports/)")
+    p.add_argument("--diff", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two saved runs")
+    _interval_flags(p)
+    p.error = lambda message: p.exit(2, f"usage: python -m streamer report [DIR] | --diff RUN_A RUN_B: {message}\n")
+    args = p.parse_args(argv)
+    if args.diff and args.path:
+        p.error("give a report folder or --diff RUN_A RUN_B, not both")
+    if (problem := flag_problem(args)) is not None:
+        p.exit(2, f"{p.prog}: error: {problem}\n")
+    return args
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
+        args = parse_report_args(argv[1:])
         from results.run import ReportError
-        from streamer.report import diff_reports, show_report
+        from streamer.report import diff_reports, interval_settings, show_report
 
+        settings = interval_settings(level=getattr(args, "intervals.level"))
         try:
-            if argv[1:2] == ["--diff"]:
-                if len(argv) != 4:
-                    print("usage: python -m streamer report --diff RUN_A RUN_B", file=sys.stderr)
-                    return 2
-                print(diff_reports(argv[2], argv[3])[0])
+            if args.diff:
+                print(diff_reports(*args.diff, uncertainty=settings)[0])
             else:
-                print(show_report(argv[1] if len(argv) > 1 else None))
+                print(show_report(args.path, uncertainty=settings))
         except (FileNotFoundError, ReportError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
+    args = parse_args(argv)  # checked before streamer.run, and with it JAX and the broker client, is imported
+    if args.plan_delta is not None:
+        return plan(args)
     from streamer.run import main as run_main
 
-    return run_main(parse_args(argv))
+    return run_main(args)
 
 
 if __name__ == "__main__":
