@@ -34,6 +34,7 @@ from results.run import (
     RunInfo,
     RunResult,
 )
+from results.stats import wilson_bounds
 
 log = logging.getLogger("collector")
 
@@ -260,6 +261,18 @@ class Collector:
                 missing=[f"{self.run_id}-{i}" for i in np.flatnonzero(~self.answered)],
                 published_s=published_s,
             )
+
+
+def progress_text(right: int, answered: int, p50: float | None, level: float | None = None) -> str:
+    """ "acc 94.51% ±0.45 pts, p50 14 ms": the running accuracy with the half-width of its Wilson interval at
+    ``level`` (none without it), for the progress bar. Closed form, microseconds: it runs twice a second."""
+    if not answered:
+        return ""
+    text = f"acc {right / answered:.2%}"
+    if level is not None:
+        lo, hi = wilson_bounds(right, answered, level)
+        text += f" ±{50 * (hi - lo):.2f} pts"
+    return f"{text}, p50 {p50:.0f} ms" if p50 else text
 
 
 class ResultPump:

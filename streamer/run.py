@@ -26,8 +26,7 @@ from results import metrics
 from results.compare import offline_check
 from results.machine import machine
 from results.run import OfflineCheck, RunInfo, RunResult, dataset_identity
-from results.stats import wilson_bounds
-from streamer.collector import Collector, ResultPump
+from streamer.collector import Collector, ResultPump, progress_text
 from streamer.datasets import load_dataset
 from streamer.stream import publish_dataset
 from streamer.supervise import ManagedServer, RunError, Watch, close_within, managed_server, server_flags
@@ -218,19 +217,11 @@ async def wait_for_results(
 
 
 def _show_running(collectors, bars, level: float | None = None) -> None:
-    """Running accuracy (± the half-width of its Wilson interval at ``level``) and p50 latency on each progress bar.
-
-    Twice a second: one Wilson bound pair in closed form costs microseconds; no bootstrap runs here.
-    """
+    """Running accuracy (± its interval's half-width at ``level``) and p50 latency on each progress bar."""
     for collector, bar in zip(collectors, bars):
-        right, answered, p50 = collector.running_stats()
-        if not answered:
-            continue
-        text = f"acc {right / answered:.2%}"
-        if level is not None:
-            lo, hi = wilson_bounds(right, answered, level)
-            text += f" ±{50 * (hi - lo):.2f} pts"
-        bar.set_postfix_str(f"{text}, p50 {p50:.0f} ms" if p50 else text)
+        text = progress_text(*collector.running_stats(), level)
+        if text:
+            bar.set_postfix_str(text)
 
 
 def _published(publishing: asyncio.Task):
