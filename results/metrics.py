@@ -250,7 +250,8 @@ class Uncertainty:
 # What every report says beside ECE: its interval is honest about noise, not about the bias.
 ECE_BIAS = (
     "ECE is biased upward on small samples (every bin adds its own noise as a gap), so its interval is around "
-    "that biased figure; it narrows as images are added. The verdict rests on the gap's interval."
+    "that biased figure; it narrows as images are added. Whether the model is over- or under-confident rests on "
+    "the interval of mean confidence - accuracy instead."
 )
 
 

@@ -202,7 +202,8 @@ def reliability_figure(shown: Shown) -> Figure:
         conf = np.array([b["confidence"] if b["count"] else np.nan for b in cal["bins"]])
         counts = np.array([b["count"] for b in cal["bins"]])
         most = max(most, int(counts.max()))
-        label = f"{name} {result.model.identity or ''}: ECE {fmt(cal['ece'], 'percent')}"
+        ece_interval = ((figures.get("intervals") or {}).get("calibration") or {}).get("ece")
+        label = f"{name} {result.model.identity or ''}: ECE {fmt(cal['ece'], 'percent', interval=ece_interval)}"
         bars = ax.bar(lows, acc, width=width, align="edge", alpha=0.75, edgecolor="black", label=label)
         color = bars.patches[0].get_facecolor()
         ax.scatter(centres, conf, marker="_", s=160, linewidths=2.5, color="tab:red", zorder=5)

@@ -238,9 +238,9 @@ def _calibration_blocks(shown: Shown) -> list[Block]:
         blocks.append(
             (
                 "text",
-                f"The verdict rests on the interval of mean confidence - accuracy alone ({gap_method}: each image keeps "
-                f"its own confidence). {ECE_BIAS} The reliability diagram's bars carry each bin's Wilson interval "
-                "and its count.",
+                f"The verdict rests on the interval of mean confidence - accuracy alone ({gap_method}; each image keeps "
+                f"its own confidence), never on a fixed band. {ECE_BIAS.rsplit('. ', 1)[0]}. The reliability "
+                "diagram's bars carry each bin's Wilson interval and its count.",
             )
         )
     return blocks + [_image("reliability")]
