@@ -307,7 +307,10 @@ def method_text(cmp: Comparison) -> str | None:
     level = f"{100 * iv['level']:g}%"
     if iv["kind"] != "paired":
         return f"{cmp.note[0].upper()}{cmp.note[1:]}; {level} intervals: {iv['method']}; no test by image."
-    text = f"Paired by image identity on {iv['images']} images; {level} intervals: {iv['method']}."
+    text = (
+        f"Paired by image identity on {iv['images']} images; {level} intervals: {iv['method']}. Each class's interval "
+        "is at that level on its own; only the Holm column is corrected for the number of classes."
+    )
     if {cmp.fa["counts"]["answered"], cmp.fb["counts"]["answered"]} != {cmp.paired_images}:
         text += (
             " Per class, the points are each run's own (all it answered); the intervals and tests use the "
