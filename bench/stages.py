@@ -151,6 +151,8 @@ def timed_run(topo: Topology, images: np.ndarray, rate: float, streams: int, tim
         "answered": len(rows),
         "sent": len(images),
         "achieved_rate": len(images) / published if published > 0 else None,
+        # answered per second from the first send to the last result: the capacity, at --rate 0
+        "throughput": len(rows) / ((received.max() - sent.min()) / 1e9) if len(rows) > 1 else None,
         "stages": stage,
         "batch_size": t.get("batch_size", np.array([])),
         "bucket": t.get("bucket", np.array([])),
@@ -204,6 +206,7 @@ def summarise(run: dict, before: dict, after: dict) -> dict:
         "answered": run["answered"],
         "sent": run["sent"],
         "achieved_rate": run["achieved_rate"],
+        "throughput": run["throughput"],
         "mean_batch": float(np.mean(run["batch_size"])) if len(run["batch_size"]) else None,
         "stages_ms": stages,
         "server_means": scraped,
@@ -286,7 +289,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = result["runs"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(runs)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(runs) + 2), 4.5))
     bottoms = np.zeros(len(runs))
     labels = [
         f"{r['policy']}\n{r['rate']:g}/s" + (f"\n#{r['repeat'] + 1}" if result["settings"]["repeats"] > 1 else "")
@@ -299,8 +302,8 @@ def plot(result: dict, path: Path) -> None:
     for x, r in enumerate(runs):
         ax.text(x, bottoms[x], f"{r['stages_ms']['end_to_end']['mean']:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("mean ms per request")
-    ax.set_title("Where a request's time goes (mean per stage; the number: end-to-end mean)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Where a request's time goes\n(mean ms per stage, stacked; on top: the end-to-end mean)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -13,10 +13,14 @@ adaptive  sized from what it measures against a latency objective (`latency_slo_
             bucket's measured time fits the batch budget (half the objective); halved when a
             batch took longer than that budget;
           - with a queue, a batch that would run padded waits for its padding to fill, if the
-            measured arrival rate fills it before the oldest request's budget runs out (Triton's
-            preferred batch sizes with a queue delay; here the padded rows are computed anyway);
-          - when arrivals outrun what batches of `limit` can serve, the objective is already lost
-            to queueing: the limit grows regardless, and never shrinks below what keeps up.
+            measured arrival rate fills it before the oldest request's budget runs out, and never
+            longer than max_wait_ms (Triton's preferred batch sizes with a queue delay; here the
+            padded rows are computed anyway);
+          - behind (the requests waiting would take longer than the whole objective to clear at
+            the limit's cost per image), the objective is lost to queueing and throughput clears
+            the queue fastest: the limit goes to the bucket with the lowest measured cost per
+            image, whatever its batch time. It is measured, not assumed to fall with batch size:
+            on the AVX-512 machine 40 and 64 ran slower per image than 28 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -41,9 +45,6 @@ COST_WEIGHT = 0.2
 # Time constant of the arrival-rate estimate: at 200 img/s it averages over ~40 arrivals and
 # follows a change of rate within a few tenths of a second.
 RATE_TAU_S = 0.2
-# Busy share above which batches of the limit cannot keep up with arrivals (queueing theory: the
-# wait grows as 1/(1 - busy share), tenfold at 90%).
-MAX_BUSY = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +119,9 @@ class AdaptiveBatching:
     def estimate(self, bucket: int) -> float:
         """Seconds one batch of `bucket` takes: measured, else bounded from a measured neighbour, else 0.
 
-        A larger measured bucket bounds it from above; a smaller one scaled by the size ratio does
-        too (per-image cost falls with batch size). Unknown is 0: optimistic, the AIMD step corrects it.
+        The next larger measured bucket bounds it from above; the largest smaller one, scaled by the
+        size ratio, stands in when no larger one was measured. Unknown is 0: optimistic, the
+        AIMD step corrects it.
         """
         if bucket in self.cost:
             return self.cost[bucket]
@@ -132,12 +134,15 @@ class AdaptiveBatching:
             return self.cost[b] * bucket / b
         return 0.0
 
+    def per_image(self, bucket: int) -> float:
+        return self.estimate(bucket) / bucket
+
     def fits(self, bucket: int) -> bool:
         return self.estimate(bucket) <= BATCH_BUDGET * self.slo_s
 
-    def keeps_up(self, bucket: int, now: float) -> bool:
-        """Batches of `bucket` serve the current arrival rate at a busy share of at most MAX_BUSY."""
-        return self.arrival_rate(now) * self.estimate(bucket) <= MAX_BUSY * bucket
+    def behind(self, queued: int) -> bool:
+        """The requests waiting would take longer than the objective to clear at the limit's cost per image."""
+        return queued * self.per_image(self.limit) > self.slo_s
 
     def bucket_for(self, n: int) -> int:
         """The bucket a batch of n runs in (the smallest that holds it)."""
@@ -163,18 +168,16 @@ class AdaptiveBatching:
         old = self.cost.get(bucket)
         self.cost[bucket] = service_s if old is None else old + COST_WEIGHT * (service_s - old)
         i = self.buckets.index(self.limit)
-        if service_s > BATCH_BUDGET * self.slo_s:  # multiplicative decrease, unless the smaller one cannot keep up
-            lower = self.buckets[max(0, bisect.bisect_right(self.buckets, DECREASE * self.limit) - 1)]
-            if lower < self.limit and self.keeps_up(lower, now):
-                self.limit = lower
-                return "down"
+        if self.behind(queued):  # throughput first: the cheapest bucket per image (the smaller on a tie)
+            new = min(self.buckets, key=lambda b: (self.per_image(b), b))
+        elif service_s > BATCH_BUDGET * self.slo_s:  # multiplicative decrease
+            new = self.buckets[max(0, bisect.bisect_right(self.buckets, DECREASE * self.limit) - 1)]
+        elif queued > taken and i + 1 < len(self.buckets) and self.fits(self.buckets[i + 1]):
+            new = self.buckets[i + 1]  # the limit held requests back: additive increase
+        else:
             return None
-        if queued > taken and i + 1 < len(self.buckets):  # the limit held requests back: additive increase
-            up = self.buckets[i + 1]
-            if self.fits(up) or not self.keeps_up(self.limit, now):
-                self.limit = up
-                return "up"
-        return None
+        old_limit, self.limit = self.limit, new
+        return None if new == old_limit else "up" if new > old_limit else "down"
 
 
 def make_policy(name: str, buckets: Sequence[int], max_wait_ms: float, latency_slo_ms: float):

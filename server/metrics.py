@@ -28,6 +28,9 @@ BATCHING = Info("icc_batching", "The batching policy (server.batching)")
 LATENCY_SLO = Gauge("icc_latency_slo_seconds", "The latency objective (server.latency_slo_ms)")
 BATCH_LIMIT = Gauge("icc_batch_limit", "The largest batch the policy takes now (adaptive: its AIMD limit)")
 LIMIT_CHANGES = Counter("icc_batch_limit_changes_total", "Steps of the adaptive batch limit", ["direction"])
+BATCH_COST = Gauge(
+    "icc_batch_cost_seconds", "The adaptive policy's measured seconds per batch (decode to publish)", ["bucket"]
+)
 BATCHES = Counter("icc_batches_total", "Model batches by the compiled bucket they ran in", ["bucket"])
 BATCH_WAIT = Histogram(
     "icc_batch_wait_seconds", "Time a batch was held, compute thread free, waiting for more requests", buckets=_LATENCY

@@ -255,6 +255,8 @@ class InferenceServer:
         metrics.BATCHES.labels(str(bucket)).inc()
         with self.cond:  # the policy's state is shared with the pullers' arrivals
             moved = self.policy.done(len(batch), bucket, done - started, self.formed.queued, done)
+        if self.settings.batching == "adaptive":
+            metrics.BATCH_COST.labels(str(bucket)).set(self.policy.estimate(bucket))
         if moved:
             metrics.BATCH_LIMIT.set(self.policy.limit)
             metrics.LIMIT_CHANGES.labels(moved).inc()

@@ -117,19 +117,23 @@ def test_a_batch_over_its_budget_halves_the_limit():
     assert policy.limit == 4  # never below the smallest bucket
 
 
-def test_the_limit_does_not_shrink_below_what_keeps_up_with_arrivals():
-    policy = adaptive()
-    feed_rate(policy, 8000, 1.0)  # 8,000/s: batches of 64 (9.5 ms each, 6,700/s) could not keep up
-    assert policy.done(128, 128, 0.030, queued=900, now=1.0) is None
-    assert policy.limit == 128
+def test_behind_the_limit_goes_to_the_cheapest_bucket_per_image_whatever_its_batch_time():
+    costs = {**COSTS, 256: 0.026, 100: 0.012}  # 256: over the 25 ms budget, but 9,846 img/s, the cheapest per image
+    policy = AdaptiveBatching(BUCKETS, SLO_S, MAX_WAIT_S, costs)
+    assert policy.limit == 128 and not policy.behind(128)
+    assert policy.behind(1000)  # 1,000 waiting at 128's 0.106 ms each: 106 ms > 50 ms
+    assert policy.done(128, 128, COSTS[128], queued=1000, now=1.0) == "up"
+    assert policy.limit == 256
+    # A slow batch of 256: its average becomes 32.8 ms (7,805 img/s); 28 (9,442 img/s) is the cheapest now.
+    assert policy.done(256, 256, 0.060, queued=1000, now=2.0) == "down"
+    assert policy.limit == 28
 
 
-def test_the_limit_grows_past_the_budget_when_arrivals_outrun_it():
-    policy = adaptive()
-    policy.limit = 64
-    policy.cost[100] = 0.030  # over the budget, but batches of 64 serve only 64 / 9.5 ms = 6,700/s
-    feed_rate(policy, 9000, 1.0)
-    assert policy.done(64, 64, COSTS[64], queued=2000, now=1.0) == "up"
+def test_behind_on_a_machine_where_large_batches_cost_more_per_image_the_limit_comes_down():
+    loaded = {**COSTS, 128: 0.090, 256: 0.200}  # contended: 1,400 and 1,300 img/s against 100's 10,000
+    policy = AdaptiveBatching(BUCKETS, SLO_S, MAX_WAIT_S, loaded)
+    policy.limit = 256
+    assert policy.done(256, 256, 0.200, queued=2000, now=1.0) == "down"
     assert policy.limit == 100
 
 
