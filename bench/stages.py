@@ -264,46 +264,78 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
+def groups(result: dict) -> dict[tuple[float, str], list[dict]]:
+    """The runs by (rate, policy), in rate order, fixed before adaptive."""
+    out: dict[tuple[float, str], list[dict]] = {}
+    order = result["settings"]["policies"]
+    for r in sorted(result["runs"], key=lambda r: (r["rate"], order.index(r["policy"]), r["repeat"])):
+        out.setdefault((r["rate"], r["policy"]), []).append(r)
+    return out
+
+
+def _cell(values: list[float]) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    mid = float(np.median(values))
+    if len(values) == 1:
+        return f"{mid:.1f}"
+    return f"{mid:.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
 def render(result: dict) -> str:
-    """A Markdown table per run: p50 and p99 per stage with their 95% order-statistic intervals, and the mean."""
+    """Markdown: per stage, p50 and p99 in ms, the median over the repeats (their range in brackets)."""
+    g = groups(result)
+    head = [f"{policy} {rate:g}/s" if rate else f"{policy} --rate 0" for rate, policy in g]
     lines = [
         f"Machine: {describe(result['machine'])}; 1-min load average at each run: "
-        + ", ".join(f"{x:.1f}" for x in result["load_average_1min_at_each_run"])
+        + ", ".join(f"{x:.1f}" for x in result["load_average_1min_at_each_run"]),
+        "",
+        "| | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(head),
     ]
-    header = "| policy | rate | " + " | ".join(STAGES) + " |"
-    lines += ["", header, "|" + "---|" * (len(STAGES) + 2)]
-    for r in result["runs"]:
-        cells = []
+    lines.append("| img/s answered | " + " | ".join(_cell([r["throughput"] for r in rs]) for rs in g.values()) + " |")
+    lines.append("| mean batch | " + " | ".join(_cell([r["mean_batch"] for r in rs]) for rs in g.values()) + " |")
+    for q in ("p50", "p99"):
         for name in STAGES:
-            s = r["stages_ms"][name]
-            (p50, lo50, hi50), (p99, lo99, hi99) = s["p50"], s["p99"]
-            cells.append(f"{p50:.1f} [{lo50:.1f}, {hi50:.1f}] / {p99:.1f} [{lo99:.1f}, {hi99:.1f}]")
-        lines.append(f"| {r['policy']} | {r['rate']:g} | " + " | ".join(cells) + " |")
+            cells = [_cell([r["stages_ms"][name][q][0] for r in rs]) for rs in g.values()]
+            lines.append(f"| {name.replace('_', ' ')} {q} ms | " + " | ".join(cells) + " |")
+    for key, label in (("icc_publish_seconds", "result publish"), ("icc_ack_seconds", "publish to ack")):
+        cells = [_cell([1000 * r["server_means"][key] for r in rs if r["server_means"][key]]) for rs in g.values()]
+        lines.append(f"| {label} mean ms | " + " | ".join(cells) + " |")
+    cells = [_cell([r["server_means"]["icc_pull_messages"] for r in rs]) for rs in g.values()]
+    lines.append("| messages per pull, mean | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
+    """One panel per rate: the stacked mean per stage of each policy (averaged over the repeats)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result["runs"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(runs) + 2), 4.5))
-    bottoms = np.zeros(len(runs))
-    labels = [
-        f"{r['policy']}\n{r['rate']:g}/s" + (f"\n#{r['repeat'] + 1}" if result["settings"]["repeats"] > 1 else "")
-        for r in runs
-    ]
-    for name in ADDITIVE:
-        means = np.array([r["stages_ms"][name]["mean"] or 0.0 for r in runs])
-        ax.bar(labels, means, bottom=bottoms, label=name.replace("_", " "))
-        bottoms += means
-    for x, r in enumerate(runs):
-        ax.text(x, bottoms[x], f"{r['stages_ms']['end_to_end']['mean']:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("mean ms per request")
-    ax.set_title("Where a request's time goes\n(mean ms per stage, stacked; on top: the end-to-end mean)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    g = groups(result)
+    rates = sorted({rate for rate, _ in g})
+    fig, axes = plt.subplots(1, len(rates), figsize=(3.2 * len(rates) + 1.8, 4.5), squeeze=False)
+    for ax, rate in zip(axes[0], rates):
+        keys = [k for k in g if k[0] == rate]
+        bottoms = np.zeros(len(keys))
+        for name in ADDITIVE:
+            means = np.array([np.mean([r["stages_ms"][name]["mean"] or 0.0 for r in g[k]]) for k in keys])
+            ax.bar([k[1] for k in keys], means, bottom=bottoms, label=name.replace("_", " "))
+            bottoms += means
+        for x in range(len(keys)):
+            ax.text(x, bottoms[x], f"{bottoms[x]:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(f"{rate:g} img/s offered" if rate else "--rate 0 (capacity)", fontsize=9)
+        ax.margins(y=0.1)
+    axes[0][0].set_ylabel("mean ms per request")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    repeats = result["settings"]["repeats"]
+    fig.suptitle(
+        f"Where a request's time goes, by batching policy (mean ms per stage, stacked; {repeats} runs each)",
+        fontsize=10,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -48,7 +48,7 @@ def test_png_request_is_decoded(topology, start_server, test_images):
 
 
 def test_burst_forms_padded_batches(topology, start_server, test_images):
-    server = start_server("--max-wait-ms", "20")
+    server = start_server("--batching", "fixed", "--max-wait-ms", "20")  # the adaptive policy: test_batching.py
     ids = publish_images(topology, test_images.images[:600], run_id="burst")
     results, bodies = collect_results(topology, 600, timeout=60)
     assert sorted(r["request_id"] for r in results) == sorted(ids)
