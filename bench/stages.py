@@ -344,7 +344,7 @@ def plot(result: dict, path: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.splitlines()[0])
-    p.add_argument("--rates", default="200,1500", help="offered img/s, comma-separated (0 = as fast as possible)")
+    p.add_argument("--rates", default="0,150,800", help="offered img/s, comma-separated (0 = as fast as possible)")
     p.add_argument("--policies", default="fixed,adaptive", help="batching policies, comma-separated")
     p.add_argument("--limit", type=int, default=3000, help="images per timed run")
     p.add_argument("--streams", type=int, default=16)
@@ -354,24 +354,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plot", default=str(REPO / "docs" / "bench" / "stages.png"))
     p.add_argument("server_flags", nargs=argparse.REMAINDER, help="after --: more `python -m server` flags")
     args = p.parse_args(argv)
+
+    def refuse(message: str) -> None:
+        print(f"{p.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
     try:
         args.rates = [float(x) for x in args.rates.split(",")]
     except ValueError:
-        p.error(f"--rates {args.rates!r}: use numbers separated by commas")
+        refuse(f"--rates {args.rates!r} is not allowed: use numbers separated by commas")
     args.policies = args.policies.split(",")
     args.server_flags = [f for f in args.server_flags if f != "--"]
-    problems = [
-        (not all(0 <= r <= 1e6 for r in args.rates), "--rates: each from 0 to 1,000,000"),
-        (not set(args.policies) <= {"fixed", "adaptive"}, "--policies: fixed and/or adaptive"),
-        (not 1 <= args.limit <= 10_000, "--limit: 1 to 10,000 (the test set)"),
-        (not 1 <= args.streams <= 10_000, "--streams: 1 to 10,000"),
-        (not 1 <= args.repeats <= 20, "--repeats: 1 to 20"),
-        (not 0 <= args.warm_up <= 10_000, "--warm-up: 0 to 10,000"),
+    checks = [
+        ("--rates", args.rates, all(0 <= r <= 1e6 for r in args.rates), "numbers from 0 to 1,000,000 img/s"),
+        ("--policies", args.policies, set(args.policies) <= {"fixed", "adaptive"}, "fixed and/or adaptive"),
+        ("--limit", args.limit, 1 <= args.limit <= 10_000, "1 to 10,000 (the test set)"),
+        ("--streams", args.streams, 1 <= args.streams <= 10_000, "1 to 10,000"),
+        ("--repeats", args.repeats, 1 <= args.repeats <= 20, "1 to 20"),
+        ("--warm-up", args.warm_up, 0 <= args.warm_up <= 10_000, "0 to 10,000"),
     ]
-    for bad, allowed in problems:
-        if bad:
-            print(f"python -m bench.stages: error: use {allowed}", file=sys.stderr)
-            sys.exit(2)
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            refuse(f"{flag} {value} is not allowed: use {allowed}")
     return args
 
 
