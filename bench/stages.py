@@ -5,8 +5,10 @@ python -m bench.stages --rates 200,1500 [--policies fixed,adaptive] [--limit 300
 One emulator (started here unless PUBSUB_EMULATOR_HOST is set); per repeat and policy, one
 `python -m server --batching POLICY` with a metrics port, `--warm-up` requests through the real
 path untimed (a fresh emulator's JVM runs 2-3x slower at first), then `--limit` test images at each
-rate on `--streams` ordering keys, paced as `python -m streamer` paces them. The stages of each
-request come from its result's `timing` (docs/wire.md) and two broker timestamps:
+rate on `--streams` ordering keys, paced as `python -m streamer` paces them. The policies take
+turns to go first (repeat 1: fixed first, repeat 2: adaptive first, ...): use an even `--repeats`.
+The stages of each request come from its result's `timing` (docs/wire.md) and two broker
+timestamps:
 
   send         sent_ns → request's publish_time          the client's publish RPC (send_ms)
   broker in    request's publish_time → server's pull     ordered delivery, pull polling (broker_ms)
@@ -233,7 +235,9 @@ def measure(args: argparse.Namespace) -> dict:
     steps = args.repeats * len(args.policies) * len(args.rates)
     with broker_session() as project, tqdm(total=steps, desc="stages", unit="run") as bar:
         for repeat in range(args.repeats):
-            for policy in args.policies:
+            # Alternate which policy runs first: on this shared machine the second server of a pair ran
+            # faster in all of 5 pairs at --rate 0, whichever policy it served (bench/results/, 2026-12-01).
+            for policy in args.policies if repeat % 2 == 0 else args.policies[::-1]:
                 suffix = uuid.uuid4().hex[:10]
                 topo = Topology.from_names(project, load_config(None, "stream.py").broker, suffix)
                 ensure_topology(topo)
