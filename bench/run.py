@@ -34,6 +34,7 @@ from broker.pubsub import EMULATOR_PROJECT, Publisher, PublishSettings, Topology
 from configs import load_config
 from results.machine import describe as describe_machine
 from results.machine import machine as results_machine
+from results.tables import Cell, Table, cells, render
 from train.checkpoint import DEFAULT_MODEL_DIR
 from train.data import load_fashion_mnist
 from train.predictor import load_predictor
@@ -331,9 +332,13 @@ def drain_runs(n: int, repeats: int, images: np.ndarray) -> dict:
 
 
 def results_total(port: int) -> float:
+    """The server's icc_results_total counter, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        match = re.search(r"^icc_results_total ([0-9.e+]+)$", resp.read().decode(), re.M)
-    return float(match.group(1)) if match else 0.0
+        text = resp.read().decode()
+    samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
+    return next((s.value for s in samples if s.name == "icc_results_total"), 0.0)
 
 
 def cold_start(repeats: int) -> dict:
@@ -510,6 +515,74 @@ def _verdict_text(v: dict) -> str:
     return "info" if v["pass"] is None else "PASS" if v["pass"] else "MISS"
 
 
+def verdict_table(r: dict) -> Table:
+    return Table(
+        ["metric", "this run", "target", "verdict"],
+        [[v["metric"], v["value"], v["target"], _verdict_text(v)] for v in r["verdicts"]],
+    )
+
+
+def previous_table(r: dict, previous: dict) -> Table:
+    """This bench run beside the previous one: bench figures, not run results (no pairing, no test)."""
+    old = {v["metric"]: v for v in previous.get("verdicts", [])}
+    rows: list[list] = [
+        [v["metric"], f"{old[v['metric']]['value']} {_verdict_text(old[v['metric']])}" if v["metric"] in old else "not measured", f"{v['value']} {_verdict_text(v)}"]
+        for v in r["verdicts"]
+    ]  # fmt: skip
+    if "model" in previous and "model" in r:
+        rows.append(
+            ["model-only img/s at 256", *cells("number", previous["model"]["256"], r["model"]["256"], digits=0)]
+        )
+    for key in ("naive", "echo", "server"):
+        if key in previous and key in r and "throughput" in r[key]:
+            medians = (run[key]["throughput"]["img_per_s"]["median"] for run in (previous, r))
+            rows.append([f"{key} img/s, median", *cells("number", *medians, digits=0)])
+        if key in previous and key in r and "latency" in r[key] and "latency" in previous[key]:
+            a, b = previous[key]["latency"]["latency_ms"], r[key]["latency"]["latency_ms"]
+            rows.append([f"{key} p50 / p99 at 200 img/s", *(f"{x['p50']:.1f} / {x['p99']:.1f} ms" for x in (a, b))])
+    return Table(["metric", "previous run", "this run"], rows)
+
+
+def scenario_table(r: dict) -> Table:
+    rows: list[list] = []
+    for key in ("naive", "echo", "echo_ungrouped", "server", "replicas"):
+        t = r.get(key, {}).get("throughput")
+        if not t:
+            continue
+        s = t["img_per_s"]
+        cpu = t["cpu_s"][len(t["cpu_s"]) // 2]
+        rows.append(
+            [f"{key} ({t['images']} images)", f"{s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f}"]
+            + cells("number", cpu["server"], cpu["emulator"], cpu["streamer+collector"], digits=2)
+        )
+    if "drain" in r:
+        s = r["drain"]["img_per_s"]
+        drained = f"drain, server alone ({r['drain']['images']} pre-filled)"
+        rows.append([drained, f"{s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f}", "", "", ""])
+    for name, p in (r.get("pinned") or {}).items():
+        rows.append(
+            [
+                f"pinned: {name.replace('_', ' ')} (drain, {p['timed_images']} timed)",
+                f"{p['img_per_s']:.0f}",
+                f"{p['server_cpu_us_per_img']:.0f} core-µs/img",
+                "",
+                "",
+            ]
+        )
+    header = ["scenario", "img/s min / median / max", "server CPU s", "emulator CPU s", "streamer+collector CPU s"]
+    return Table(header, rows)
+
+
+def sweep_table(r: dict) -> Table:
+    return Table(
+        ["offered", "achieved", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+        [
+            [Cell(p["rate"], "number", 0), *(str(p[k]) for k in ("achieved", "p50", "p90", "p99", "max"))]
+            for p in r["sweep"]
+        ],
+    )
+
+
 def render_markdown(r: dict, plots: dict, docs_dir: Path, previous: dict | None = None) -> str:
     m = r["machine"]
     lines = [
@@ -519,64 +592,17 @@ def render_markdown(r: dict, plots: dict, docs_dir: Path, previous: dict | None 
         f"Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {m['emulator']}.",
         f"Settings: {json.dumps(r['settings'])}. Repeats: {r['repeats']} (min / median / max).",
         "",
-        "| metric | this run | target | verdict |",
-        "|---|---|---|---|",
+        render(verdict_table(r), "markdown"),
     ]
-    lines += [f"| {v['metric']} | {v['value']} | {v['target']} | {_verdict_text(v)} |" for v in r["verdicts"]]
     if previous:
         pm = previous["machine"]
-        old = {v["metric"]: v for v in previous.get("verdicts", [])}
         lines += [
             "",
             f"Side by side with the previous run ({previous['date']}: {describe_machine(pm)}):",
             "",
-            "| metric | previous run | this run |",
-            "|---|---|---|",
+            render(previous_table(r, previous), "markdown"),
         ]
-        lines += [
-            f"| {v['metric']} | {old[v['metric']]['value'] + ' ' + _verdict_text(old[v['metric']]) if v['metric'] in old else 'not measured'} "
-            f"| {v['value']} {_verdict_text(v)} |"
-            for v in r["verdicts"]
-        ]
-        for key, name in (("model", "model-only img/s at 256"),):
-            if key in previous and key in r:
-                lines.append(f"| {name} | {previous[key]['256']:.0f} | {r[key]['256']:.0f} |")
-        for key in ("naive", "echo", "server"):
-            if key in previous and key in r and "throughput" in r[key]:
-                lines.append(
-                    f"| {key} img/s, median | {previous[key]['throughput']['img_per_s']['median']:.0f} "
-                    f"| {r[key]['throughput']['img_per_s']['median']:.0f} |"
-                )
-            if key in previous and key in r and "latency" in r[key] and "latency" in previous[key]:
-                a, b = previous[key]["latency"]["latency_ms"], r[key]["latency"]["latency_ms"]
-                lines.append(
-                    f"| {key} p50 / p99 at 200 img/s | {a['p50']:.1f} / {a['p99']:.1f} ms | {b['p50']:.1f} / {b['p99']:.1f} ms |"
-                )
-    lines += [
-        "",
-        "| scenario | img/s min / median / max | server CPU s | emulator CPU s | streamer+collector CPU s |",
-        "|---|---|---|---|---|",
-    ]
-    for key in ("naive", "echo", "echo_ungrouped", "server", "replicas"):
-        t = r.get(key, {}).get("throughput")
-        if not t:
-            continue
-        s = t["img_per_s"]
-        cpu = t["cpu_s"][len(t["cpu_s"]) // 2]
-        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-        lines.append(
-            f"| {key} ({t['images']} images) | {s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f} | {fmt(cpu['server'])} | {fmt(cpu['emulator'])} | {fmt(cpu['streamer+collector'])} |"
-        )
-    if "drain" in r:
-        s = r["drain"]["img_per_s"]
-        lines.append(
-            f"| drain, server alone ({r['drain']['images']} pre-filled) | {s['min']:.0f} / {s['median']:.0f} / {s['max']:.0f} | | | |"
-        )
-    for name, p in (r.get("pinned") or {}).items():
-        lines.append(
-            f"| pinned: {name.replace('_', ' ')} (drain, {p['timed_images']} timed) | {p['img_per_s']:.0f} "
-            f"| {p['server_cpu_us_per_img']:.0f} core-µs/img | | |"
-        )
+    lines += ["", render(scenario_table(r), "markdown")]
     if "model" in r:
         lines += [
             "",
@@ -613,12 +639,7 @@ def render_markdown(r: dict, plots: dict, docs_dir: Path, previous: dict | None 
             f"Rate sweep (real server): highest offered rate with p99 < {P99_THRESHOLD_MS:.0f} ms: "
             + (f"**{best:.0f} img/s**." if best else "none."),
             "",
-            "| offered | achieved | p50 ms | p90 ms | p99 ms | max ms |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {p['rate']:.0f} | {p['achieved']} | {p['p50']} | {p['p90']} | {p['p99']} | {p['max']} |"
-            for p in r["sweep"]
+            render(sweep_table(r), "markdown"),
         ]
     for name, path in plots.items():
         lines.append(f"\n![{name}]({path.relative_to(docs_dir).as_posix()})")
@@ -703,9 +724,6 @@ def main(args) -> int:
     print()
     m = r["machine"]
     print(f"  machine: {describe_machine(m)}")
-    for v in r["verdicts"]:
-        print(
-            f"  {_verdict_text(v):<4}  {v['metric']:<52} {v['value']:<36} {('target ' + v['target']) if v['target'] else ''}"
-        )
+    print(render(verdict_table(r), "terminal"))
     print(f"\nbench took {r['wall_s']:.0f}s -> {json_path}, {md_path}")
     return 0

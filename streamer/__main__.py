@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
+        from results.run import ReportError
         from streamer.report import diff_reports, show_report
 
         try:
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
                 print(diff_reports(argv[2], argv[3])[0])
             else:
                 print(show_report(argv[1] if len(argv) > 1 else None))
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ReportError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0

@@ -4,7 +4,7 @@ Pub/Sub is at-least-once, so results are deduplicated by request id and the
 duplicates counted. Labels never travel: the ground truth is joined here, by the
 image index encoded in the request id (`<run_id>-<index>`).
 
-Progress can survive the process (issue: collector restart): with a state file,
+Progress can survive the process (a restarted collector): with a state file,
 received results are written to it *before* their messages are acked, so a
 restarted collector resumes from the file plus whatever Pub/Sub redelivers.
 """
@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,18 @@ import numpy as np
 from broker import wire
 from broker.errors import BrokerError
 from broker.pubsub import Puller
-from train.calibration import calibration_from_confidences
+from results.run import (
+    MEASURED,
+    Answers,
+    Counters,
+    DatasetIdentity,
+    ModelIdentity,
+    Ordering,
+    RunInfo,
+    RunResult,
+)
 
 log = logging.getLogger("collector")
-PERCENTILES = (50, 90, 95, 99)
 
 
 class Collector:
@@ -40,9 +48,11 @@ class Collector:
         class_names: list[str],
         state_file: str | None = None,
         model: str | None = None,
+        image_ids: Sequence[str] | None = None,
     ):
         n = len(labels)
         self.model = model  # the identity whose results this collector takes (None: any)
+        self.image_ids = list(image_ids) if image_ids is not None else [str(i) for i in range(n)]
         self.run_id, self.labels, self.class_names = run_id, np.asarray(labels), list(class_names)
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -177,140 +187,79 @@ class Collector:
         """Write the state file atomically (a no-op without one)."""
         if not self.state_file:
             return
-        with self.lock:
-            state = self._state_dict()
+        with self.lock:  # copies only: the results keep arriving while the file is written
+            answers = self._answers()
+            errors = [[key, dict(error)] for key, error in self.errors.items()]
+            own = {name: _jsonable(getattr(self, name)) for name in STATE}
+        # "answered": the requests answered with a prediction, as columns (results/run.py's schema)
+        state = {
+            "run_id": self.run_id,
+            "n": len(self.labels),
+            "answered": answers.to_columns(),
+            "errors": errors,
+            **own,
+        }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_file)
-
-    def _state_dict(self) -> dict:
-        idx = np.flatnonzero(self.answered & (self.prediction >= 0))
-        return {
-            "run_id": self.run_id,
-            "n": len(self.labels),
-            "answered": idx.tolist(),
-            "prediction": self.prediction[idx].tolist(),
-            "confidence": self.confidence[idx].tolist(),
-            "latency_ms": _nan_to_none(self.latency_ms[idx]),
-            "queue_ms": _nan_to_none(self.queue_ms[idx]),
-            "compute_ms": _nan_to_none(self.compute_ms[idx]),
-            "batch_size": self.batch_size[idx].tolist(),
-            "received_s": _nan_to_none(self.received_s[idx]),
-            "stream": [self.stream[i] for i in idx],
-            "seq": self.seq[idx].tolist(),
-            "errors": [[k, v] for k, v in self.errors.items()],
-            "duplicates": self.duplicates,
-            "stray": self.stray,
-            "invalid": self.invalid,
-            "ordering_violations": self.ordering_violations,
-            "violations_by_stream": self.violations_by_stream,
-            "last_seq": self.last_seq,
-            "models": sorted(self.models),
-        }
 
     def _load_state(self) -> None:
         s = json.loads(self.state_file.read_text())
         if s["run_id"] != self.run_id or s["n"] != len(self.labels):
             raise ValueError(f"state file {self.state_file} belongs to run {s['run_id']}, not {self.run_id}")
-        idx = np.asarray(s["answered"], int)
-        self.answered[idx] = True
-        self.prediction[idx] = s["prediction"]
-        self.confidence[idx] = s["confidence"]
-        for name in ("latency_ms", "queue_ms", "compute_ms", "received_s"):
-            getattr(self, name)[idx] = np.array(s[name], float)
-        self.batch_size[idx] = s["batch_size"]
-        self.seq[idx] = s["seq"]
-        for i, stream in zip(idx, s["stream"]):
-            self.stream[i] = stream
-        for key, value in s["errors"]:
-            self.errors[key] = value
+        answers = Answers.from_columns(s["answered"])
+        self.answered[answers.index] = True
+        for name in MEASURED:
+            column, values = getattr(self, name), getattr(answers, name)
+            if isinstance(column, list):
+                for i, value in zip(answers.index, values):
+                    column[i] = value
+            else:
+                column[answers.index] = values
+        for key, error in s["errors"]:
+            self.errors[key] = error
             if isinstance(key, int):
                 self.answered[key] = True
-        self.duplicates, self.stray, self.invalid = s["duplicates"], s["stray"], s.get("invalid", 0)
-        self.ordering_violations, self.violations_by_stream = s["ordering_violations"], s["violations_by_stream"]
-        self.last_seq, self.models = s["last_seq"], set(s["models"])
-        log.info("resumed from %s: %d results already collected", self.state_file, len(idx))
+        for name, kind in STATE.items():
+            setattr(self, name, kind(s[name]))
+        log.info("resumed from %s: %d results already collected", self.state_file, len(answers))
 
-    # ---------------------------------------------------------- summarise
+    # ---------------------------------------------------------- the result
     def count_answered(self) -> int:
         with self.lock:
             return int(self.answered.sum())
 
-    def summary(self, run: dict, sent_s: np.ndarray | None = None, dead_lettered: int = 0) -> dict:
-        """Every figure of the report (see streamer/report.py for how it is shown)."""
+    def _answers(self) -> Answers:
+        """The requests answered with a prediction (the caller holds the lock)."""
+        idx = np.flatnonzero(self.answered & (self.prediction >= 0))
+        measured = {
+            name: [self.stream[i] for i in idx] if name == "stream" else getattr(self, name)[idx] for name in MEASURED
+        }
+        return Answers.of(idx, [self.image_ids[i] for i in idx], self.labels[idx], **measured)
+
+    def result(
+        self,
+        run: RunInfo | None = None,
+        dataset: DatasetIdentity | None = None,
+        published_s: np.ndarray | None = None,
+        dead_lettered: int = 0,
+    ) -> RunResult:
+        """What this collector received, as the run's result (results/metrics.py computes its figures)."""
         with self.lock:
-            ok = self.answered & (self.prediction >= 0)
-            idx = np.flatnonzero(ok)
-            y, p = self.labels[idx], self.prediction[idx].astype(int)
-            k = len(self.class_names)
-            confusion = np.zeros((k, k), int)
-            np.add.at(confusion, (y, p), 1)
-            missing = np.flatnonzero(~self.answered)
-            t0 = (
-                float(np.nanmin(sent_s))
-                if sent_s is not None and len(sent_s)
-                else float(np.nanmin(self.received_s[idx]))
-                if len(idx)
-                else 0.0
+            answers = self._answers()
+            models = sorted(self.models)
+            return RunResult(
+                run=run or RunInfo(run_id=self.run_id),
+                model=ModelIdentity(models[0] if len(models) == 1 else ",".join(models), tuple(models)),
+                dataset=dataset or DatasetIdentity("", "", len(self.labels)),
+                class_names=tuple(self.class_names),
+                answers=answers,
+                counters=Counters(len(self.labels), self.duplicates, dead_lettered, self.stray, self.invalid),
+                ordering=Ordering(self.ordering_violations, dict(self.violations_by_stream)),
+                errors=[{"index": key if isinstance(key, int) else None, **e} for key, e in self.errors.items()],
+                missing=[f"{self.run_id}-{i}" for i in np.flatnonzero(~self.answered)],
+                published_s=published_s,
             )
-            last = float(np.nanmax(self.received_s[idx])) if len(idx) else t0
-            span = max(last - t0, 1e-9)
-            return {
-                "run": run,
-                "model": {
-                    "identity": sorted(self.models)[0] if len(self.models) == 1 else ",".join(sorted(self.models)),
-                    "seen": sorted(self.models),
-                },
-                "class_names": self.class_names,
-                "counts": {
-                    "sent": len(self.labels),
-                    "answered": int(self.answered.sum()),
-                    "correct": int((y == p).sum()),
-                    "errors": len(self.errors),
-                    "request_errors": sum(isinstance(key, int) for key in self.errors),  # of our own requests
-                    "duplicates": self.duplicates,
-                    "missing": int(len(missing)),
-                    "dead_lettered": dead_lettered,
-                    "stray": self.stray,
-                    "invalid": self.invalid,
-                },
-                "accuracy": float((y == p).mean()) if len(idx) else None,
-                "calibration": calibration_from_confidences(self.confidence[idx].astype(float), y == p),
-                "per_class": per_class_metrics(confusion, self.class_names),
-                "confusion": confusion.tolist(),
-                "latency_ms": stats(self.latency_ms[idx], with_min_max=True),
-                "server": {
-                    "queue_ms": stats(self.queue_ms[idx]),
-                    "compute_ms": stats(self.compute_ms[idx]),
-                    "batch_size_hist": {
-                        str(b): int(c) for b, c in zip(*np.unique(self.batch_size[idx], return_counts=True))
-                    },
-                    "mean_batch_size": float(self.batch_size[idx].mean()) if len(idx) else None,
-                },
-                "throughput": {
-                    "img_per_s": len(idx) / span if len(idx) else 0.0,
-                    "first_publish_to_last_result_s": span,
-                    "timeline": timeline(self.received_s[idx] - t0),
-                    **({"published_timeline": timeline(sent_s - t0)} if sent_s is not None else {}),
-                },
-                "ordering": {"violations": self.ordering_violations, "by_stream": dict(self.violations_by_stream)},
-                "errors": list(self.errors.values())[:1000],
-                "error_reasons": dict(Counter(e.get("error") for e in self.errors.values())),
-                "missing": [f"{self.run_id}-{i}" for i in missing[:1000]],
-                "predictions": [
-                    {
-                        "index": int(i),
-                        "request_id": f"{self.run_id}-{i}",
-                        "stream": self.stream[i],
-                        "seq": int(self.seq[i]),
-                        "label": int(self.labels[i]),
-                        "prediction": int(self.prediction[i]),
-                        "confidence": round(float(self.confidence[i]), 6),
-                        "latency_ms": _round(self.latency_ms[i]),
-                    }
-                    for i in idx
-                ],
-            }
 
 
 class ResultPump:
@@ -396,50 +345,18 @@ class ResultPump:
         self.puller.close()
 
 
-def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> list[dict]:
-    """Accuracy (= recall), precision, recall and F1 per class from the confusion matrix."""
-    tp = np.diag(confusion).astype(float)
-    support, predicted = confusion.sum(1), confusion.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(support > 0, tp / support, np.nan)
-        precision = np.where(predicted > 0, tp / predicted, np.nan)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), np.nan)
-    return [
-        {
-            "class": name,
-            "support": int(support[c]),
-            "accuracy": _round(recall[c]),
-            "precision": _round(precision[c]),
-            "recall": _round(recall[c]),
-            "f1": _round(f1[c]),
-        }
-        for c, name in enumerate(class_names)
-    ]
+# The collector's own state besides answers and errors: written and read back by this one table.
+STATE = {
+    "duplicates": int,
+    "stray": int,
+    "invalid": int,
+    "ordering_violations": int,
+    "violations_by_stream": dict,
+    "last_seq": dict,
+    "models": set,
+}
 
 
-def stats(values: np.ndarray, with_min_max: bool = False) -> dict:
-    v = np.asarray(values, float)
-    v = v[~np.isnan(v)]
-    out = {f"p{q}": _round(np.percentile(v, q)) if len(v) else None for q in PERCENTILES}
-    out["mean"] = _round(v.mean()) if len(v) else None
-    if with_min_max:
-        out["min"], out["max"] = (_round(v.min()), _round(v.max())) if len(v) else (None, None)
-    return out
-
-
-def timeline(seconds: np.ndarray) -> list[list[int]]:
-    """[[second, events in that second], ...] from event times relative to the run's start."""
-    s = np.asarray(seconds, float)
-    s = s[~np.isnan(s)]
-    if not len(s):
-        return []
-    counts = np.bincount(np.floor(np.maximum(s, 0)).astype(int))
-    return [[int(t), int(c)] for t, c in enumerate(counts)]
-
-
-def _round(x, digits: int = 4):
-    return None if x is None or np.isnan(x) else round(float(x), digits)
-
-
-def _nan_to_none(values: np.ndarray) -> list:
-    return [None if np.isnan(v) else float(v) for v in values]
+def _jsonable(value):
+    """A copy that JSON can write (the collector keeps changing the original)."""
+    return sorted(value) if isinstance(value, set) else dict(value) if isinstance(value, dict) else value

@@ -8,6 +8,7 @@ folder:DIR               one subfolder per class; DIR/test/ when it exists, othe
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from train.data import (
@@ -35,7 +36,7 @@ def load_dataset(spec: str, meta: dict, limit: int | None = None) -> Dataset:
             raise DatasetError(
                 f"{labels} has label {int(ds.labels.max())}, but the model knows {len(names)} classes {list(names)}"
             )
-        ds = Dataset(ds.images, ds.labels, names, Path(images).name)
+        ds = dataclasses.replace(ds, class_names=names, name=Path(images).name)
     elif kind == "folder" and rest:
         root = Path(rest)
         if (root / "test").is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -21,8 +22,10 @@ from broker import wire
 from broker.errors import BrokerError
 from broker.pubsub import BulkPublisher, Puller, Topology, broker_session, ensure_topology, fresh_emulator, pull_all
 from configs import from_args
-from results import agreement
+from results import metrics
+from results.compare import offline_check
 from results.machine import machine
+from results.run import OfflineCheck, RunInfo, RunResult, dataset_identity
 from streamer.collector import Collector, ResultPump
 from streamer.datasets import load_dataset
 from streamer.stream import publish_dataset
@@ -34,9 +37,9 @@ from train.evaluate import evaluate_model
 log = logging.getLogger("streamer")
 
 
-def open_collector(run_id: str, labels, class_names, state_file: str | None, model: str | None) -> Collector:
+def open_collector(run_id: str, data: Dataset, ids: list[str], state_file: str | None, model: str | None) -> Collector:
     try:
-        return Collector(run_id, labels, class_names, state_file, model)
+        return Collector(run_id, data.labels, list(data.class_names), state_file, model, ids)
     except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
         raise RunError(f"cannot resume from state file {state_file}: {err}") from None
 
@@ -62,17 +65,17 @@ async def stream_and_collect(
     models: list[str | None],
     servers: list[ManagedServer] = (),
     publish: bool = True,
-) -> list[dict]:
-    """Publish `data` (unless publish=False: collect only), collect every result, return one summary per model.
+) -> list[RunResult]:
+    """Publish `data` (unless publish=False: collect only), collect every result, return one result per model.
 
     `models` are the identities whose results are kept apart (one per compared model; [None] takes any).
     """
     s = config.streamer
     content_type = wire.PNG if s.content_type == "png" else wire.RAW
     state_file = config.collector.state_file or None
+    dataset, ids = dataset_identity(data)
     collectors = [
-        open_collector(run_id, data.labels, list(data.class_names), state_file if i == 0 else None, model)
-        for i, model in enumerate(models)
+        open_collector(run_id, data, ids, state_file if i == 0 else None, model) for i, model in enumerate(models)
     ]
     if publish and collectors[0].count_answered():
         log.warning(
@@ -141,28 +144,28 @@ async def stream_and_collect(
             loop.remove_signal_handler(sig)
     finished = time.time()
     dead = len(pull_all(topo.dead_letter_subscription_path, timeout=1.0))
-    run = {
-        "run_id": run_id,
-        "mode": "stream" if publish else "collect-only",
-        "started_at": _iso(started),
-        "finished_at": _iso(finished),
-        "wall_s": round(finished - started, 2),
-        "rate_target": s.rate if publish else None,
-        "rate_achieved": _achieved_rate(sent_s),
-        "streams": s.streams,
-        "limit": len(data),
-        "dataset": s.dataset,
-        "replicas": config.server.replicas,
-        "server_mode": args.server_mode,
-        "content_type": s.content_type,
-        "broker": f"emulator {os.environ['PUBSUB_EMULATOR_HOST']}"
+    run = RunInfo(
+        run_id=run_id,
+        mode="stream" if publish else "collect-only",
+        started_at=_iso(started),
+        finished_at=_iso(finished),
+        wall_s=round(finished - started, 2),
+        rate_target=s.rate if publish else None,
+        rate_achieved=_achieved_rate(sent_s),
+        streams=s.streams,
+        limit=len(data),
+        dataset=s.dataset,
+        replicas=config.server.replicas,
+        server_mode=args.server_mode,
+        content_type=s.content_type,
+        broker=f"emulator {os.environ['PUBSUB_EMULATOR_HOST']}"
         if os.environ.get("PUBSUB_EMULATOR_HOST")
         else f"project {topo.project}",
-        "versions": _versions(),
-        "machine": machine(),
-        "interrupted": stop.is_set(),
-    }
-    return [collector.summary(run, sent_s, dead_lettered=dead) for collector in collectors]
+        versions=_versions(),
+        machine=machine(),
+        interrupted=stop.is_set(),
+    )
+    return [collector.result(run, dataset, sent_s, dead_lettered=dead) for collector in collectors]
 
 
 async def wait_for_results(
@@ -243,34 +246,15 @@ def _versions() -> dict:
     return {name: version(name) for name in ("jax", "flax", "google-cloud-pubsub", "numpy")}
 
 
-def verify_offline(summary: dict, model_dir, data: Dataset) -> dict:
-    """Compare every streamed prediction with `python -m train.evaluate` on the same checkpoint and images.
+def verify_offline(result: RunResult, model_dir, data: Dataset) -> OfflineCheck:
+    """Every streamed prediction against `python -m train.evaluate` on the same checkpoint and images:
+    two run results over the same images, compared (results/compare.py: offline_check).
 
     Same loader, same predict function, same batch size; no broker. The rule is results/agreement.py's:
     labels identical, confidences within its tolerance (the server's batch sizes differ from the
     offline one's, and XLA's last float digits with them).
     """
-    offline = evaluate_model(model_dir, dataset=data)
-    streamed = sorted(summary["predictions"], key=lambda p: p["index"])
-    index = np.array([p["index"] for p in streamed], int)
-    check = agreement.compare_predictions(
-        offline["predictions"][index],
-        np.array([p["prediction"] for p in streamed], int),
-        offline["confidences"][index],
-        np.array([p["confidence"] for p in streamed], np.float64),
-    )
-    mismatches = index[check.label_mismatches].tolist()
-    return {
-        "model": offline["model_digest"][:16],
-        "offline_accuracy": offline["accuracy"],
-        "compared": check.compared,
-        "agree": check.compared - len(mismatches),
-        "mismatches": mismatches[:100],
-        "max_confidence_diff": check.max_confidence_diff,
-        "tolerance": agreement.TOLERANCE,
-        "differences": [str(d) for d in check.differences],
-        "identical": check.ok and check.compared == len(offline["predictions"]),
-    }
+    return offline_check(result, evaluate_model(model_dir, dataset=data))
 
 
 WARM_UP_RATE = 2000.0  # img/s: fast enough to be short, slow enough to look like a stream
@@ -337,7 +321,6 @@ def compare_topology(project: str, config, suffix: str) -> Topology:
 # -------------------------------------------------------------- entry points
 def run(args, config) -> int:
     """The whole evaluation (or, with --collect-only, the collecting half of one); returns the exit code."""
-    from streamer.compare import compare_summaries
     from streamer.report import render_terminal, write_report
 
     collect_only = args.collect_only
@@ -362,23 +345,21 @@ def run(args, config) -> int:
                     flags["subscription"] = config.broker.requests_subscription + "-compare"
                 servers.append(stack.enter_context(managed_server(flags, config.server.replicas)))
         warm = None if collect_only else warm_up_path(topo, data, config.streamer.warm_up, len(topologies))
-        summaries = asyncio.run(
+        results = asyncio.run(
             stream_and_collect(args, config, topo, run_id, data, identities, servers, publish=not collect_only)
         )
-    for summary, model_dir in zip(summaries, dirs):
-        summary["model"]["dir"] = model_dir
-        summary["run"]["warm_up"] = warm
-        if args.verify and summary["counts"]["answered"]:
-            summary["offline"] = verify_offline(summary, model_dir, data)
-    summary = summaries[0]
-    if args.compare:
-        summary["compare"] = compare_summaries(summaries[0], summaries[1])
+    for result, model_dir in zip(results, dirs):
+        result.model = dataclasses.replace(result.model, dir=model_dir)
+        result.run.warm_up = warm
+        if args.verify and metrics.counts(result)["answered"]:
+            result.offline = verify_offline(result, model_dir, data)
+    a, b = results[0], (results[1] if args.compare else None)
     out_dir = Path(config.collector.reports_dir) / (time.strftime("%Y%m%d-%H%M%S") + f"-{run_id}")
-    write_report(summary, out_dir, images=data.images)
-    print(render_terminal(summary, out_dir))
-    code, verdict = run_verdict(summary)
-    if args.compare and code == EXIT_OK:
-        code, verdict = run_verdict(summary["compare"]["b"])
+    write_report(a, out_dir, images=data.images, compared=b)
+    print(render_terminal(a, out_dir, compared=b))
+    code, verdict = run_verdict(a)
+    if b is not None and code == EXIT_OK:
+        code, verdict = run_verdict(b)
         verdict = f"model B: {verdict}" if code else verdict
     print(verdict, file=sys.stderr if code else sys.stdout)
     return code
@@ -390,19 +371,19 @@ def run(args, config) -> int:
 EXIT_OK, EXIT_INCOMPLETE, EXIT_SETUP, EXIT_MISMATCH = 0, 1, 2, 3
 
 
-def run_verdict(summary: dict) -> tuple[int, str]:
+def run_verdict(result: RunResult) -> tuple[int, str]:
     """The exit code of a finished run and the one line that says why."""
-    counts, offline = summary["counts"], summary.get("offline")
-    if summary["run"]["interrupted"]:
+    counts, offline = metrics.counts(result), result.offline
+    if result.run.interrupted:
         return EXIT_INCOMPLETE, f"incomplete: interrupted with {counts['answered']}/{counts['sent']} answered"
     if counts["missing"]:
         return EXIT_INCOMPLETE, f"incomplete: {counts['missing']} of {counts['sent']} requests got no result"
     if counts["request_errors"]:
-        reasons = ", ".join(f"{k} {v}" for k, v in summary["error_reasons"].items())
+        reasons = ", ".join(f"{k} {v}" for k, v in metrics.error_reasons(result).items())
         return EXIT_INCOMPLETE, f"failed: {counts['request_errors']} requests got an error result ({reasons})"
-    if offline is not None and not offline["identical"]:
-        differ = offline["compared"] - offline["agree"]
-        what = "; ".join(offline.get("differences") or []) or "incomplete comparison"
+    if offline is not None and not offline.identical:
+        differ = offline.compared - offline.agree
+        what = "; ".join(offline.differences) or "incomplete comparison"
         detail = f"{differ} streamed predictions differ" if differ else what
         return EXIT_MISMATCH, f"mismatch: {detail} from the offline evaluation"
     return EXIT_OK, f"ok: {counts['answered']}/{counts['sent']} answered" + (

@@ -14,20 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-# Every test server and training subprocess compiles the same XLA programs (a server's ten batch
-# buckets: 2-4 s of its start). One persistent compilation cache for the session's processes
-# compiles each program once; set before anything imports JAX. XLA_FLAGS are part of the cache
-# key, so a run capped with --xla_cpu_max_isa compiles its own programs.
-_JAX_CACHE = tempfile.mkdtemp(prefix="jax-cache-")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_JAX_CACHE, ignore_errors=True)
-
-
 import numpy as np
 import pytest
 
@@ -45,6 +31,25 @@ from broker.pubsub import (
 from configs import load_config
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Every test server and training subprocess compiles the same XLA programs (a server's ten batch
+# buckets: 2-4 s of its start). One persistent compilation cache for the session's processes
+# compiles each program once. XLA_FLAGS are part of the cache key, so a run capped with
+# --xla_cpu_max_isa compiles its own programs.
+_JAX_CACHE = tempfile.mkdtemp(prefix="jax-cache-")
+
+
+def pytest_configure(config):
+    """Before collection imports anything that imports JAX."""
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_JAX_CACHE, ignore_errors=True)
+
+
 SHIPPED_MODEL = REPO / "models" / "fashion-mnist"
 
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from results import agreement
-from train.calibration import ECE_BINS, calibration_from_confidences
+from results.metrics import ECE_BINS, calibration_from_confidences
+from results.run import Answers, Counters, DatasetIdentity, ModelIdentity, RunInfo, RunResult
 from train.evaluate import check_against_metadata
 
 TOL = agreement.TOLERANCE
@@ -92,29 +93,30 @@ def test_damaged_predictions_are_refused():
 
 
 def _report(labels, conf, recorded_labels, recorded_conf, ece_shift=0.0):
-    cal = calibration_from_confidences(conf, labels == 0, nll=0.3, brier=0.1)
+    """(an evaluation's run result, the metadata.json it is checked against); every true label is 0."""
+    n = len(labels)
+    answers = Answers.of(np.arange(n), [str(i) for i in range(n)], np.zeros(n), labels, conf)
+    result = RunResult(
+        RunInfo(), ModelIdentity(None), DatasetIdentity("toy", "", n), ("0", "1", "2"), answers, Counters(n)
+    )
     recorded = calibration_from_confidences(recorded_conf, recorded_labels == 0, nll=0.3, brier=0.1)
-    return {
-        "n": len(labels),
-        "accuracy": float((labels == 0).mean()),
-        "calibration": cal,
-        "predictions": labels,
-        "confidences": conf,
-        "metadata_accuracy": float((recorded_labels == 0).mean()),
-        "metadata_calibration": {**recorded, "ece": recorded["ece"] + ece_shift},
-        "metadata_predictions": agreement.encode_predictions(recorded_labels, recorded_conf),
-        "metadata_test_images": len(labels),
+    meta = {
+        "test_accuracy": float((recorded_labels == 0).mean()),
+        "test_calibration": {"after_scaling": {**recorded, "ece": recorded["ece"] + ece_shift}},
+        "test_predictions": agreement.encode_predictions(recorded_labels, recorded_conf),
+        "test_images": n,
     }
+    return result, meta
 
 
 def test_evaluate_says_which_figure_differs_and_by_how_much():
     rng = np.random.default_rng(1)
     labels, conf = rng.integers(0, 3, 500), rng.uniform(0.4, 0.99, 500).astype(np.float32).astype(np.float64)
-    assert check_against_metadata(_report(labels, conf, labels, conf)).ok
-    assert check_against_metadata(_report(labels, conf + 1e-7, labels, conf)).ok  # a few ulps: the same
+    assert check_against_metadata(*_report(labels, conf, labels, conf)).ok
+    assert check_against_metadata(*_report(labels, conf + 1e-7, labels, conf)).ok  # a few ulps: the same
     flipped = labels.copy()
     flipped[7] = (flipped[7] + 1) % 3
-    check = check_against_metadata(_report(flipped, conf, labels, conf))
+    check = check_against_metadata(*_report(flipped, conf, labels, conf))
     assert not check.ok and check.label_mismatches == [7]
-    check = check_against_metadata(_report(labels, conf, labels, conf, ece_shift=0.001))
+    check = check_against_metadata(*_report(labels, conf, labels, conf, ece_shift=0.001))
     assert not check.ok and "ece" in check.describe() and "differs by 0.001" in check.describe()

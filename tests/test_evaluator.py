@@ -1,54 +1,18 @@
-"""The evaluator for any model on any dataset: your own test set, two models on one stream, calibration."""
+"""The evaluator for any model on any dataset, through the emulator: your own test set, two models on one stream."""
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers_train import SHAPE_CLASSES, make_shape_folder, train_smoke
+from test_figures import mcnemar_by_hand
 
-from streamer.compare import mcnemar_exact
+from results import metrics
 from tests.conftest import REPO
-from train.calibration import calibration_from_confidences, calibration_report, fit_temperature
-
-
-# ------------------------------------------------------------------ calibration and McNemar, by hand
-def test_ece_matches_a_hand_computed_value():
-    # Bins of width 1/15: 0.95 and 0.97 share the last bin (14/15, 1]; 0.55 and 0.58 share bin 8 (8/15, 9/15].
-    confidences = np.array([0.95, 0.97, 0.55, 0.58, 0.30])
-    correct = np.array([True, False, True, True, False])
-    # last bin: mean confidence 0.96, accuracy 0.5 -> gap 0.46, weight 2/5
-    # bin 8: mean confidence 0.565, accuracy 1.0 -> gap 0.435, weight 2/5
-    # bin 4 (0.2667, 0.3333]: confidence 0.30, accuracy 0 -> gap 0.30, weight 1/5
-    expected = 0.4 * 0.46 + 0.4 * 0.435 + 0.2 * 0.30
-    cal = calibration_from_confidences(confidences, correct)
-    assert cal["ece"] == pytest.approx(expected, abs=1e-12)
-    assert cal["max_gap"] == pytest.approx(0.46, abs=1e-12)
-    assert cal["mean_confidence"] == pytest.approx(confidences.mean())
-    assert [b["count"] for b in cal["bins"]] == [0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 2]
-
-
-def test_nll_brier_and_temperature_on_a_known_input():
-    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
-    labels = np.array([0, 1, 1])
-    report = calibration_report(probs, labels)
-    assert report["nll"] == pytest.approx(-(math.log(0.8) + math.log(0.4) + math.log(0.7)) / 3)
-    assert report["brier"] == pytest.approx(((0.2**2 * 2) + (0.6**2 * 2) + (0.3**2 * 2)) / 3)
-    # An over-confident model (right 3 times in 4 at 99%) is cooled: T > 1.
-    over = np.array([[0.99, 0.01]] * 4)
-    assert fit_temperature(over, np.array([0, 0, 0, 1])) > 1.5
-
-
-def test_mcnemar_exact_p_values():
-    assert mcnemar_exact(0, 0) == 1.0
-    assert mcnemar_exact(1, 5) == pytest.approx(2 * (1 + 6) / 2**6)  # 0.21875
-    assert mcnemar_exact(0, 10) == pytest.approx(2 / 2**10)
-    assert mcnemar_exact(7, 7) == 1.0
 
 
 # ------------------------------------------------------------------ your own data through the broker
@@ -98,11 +62,11 @@ def test_your_folder_dataset_through_the_real_serving_path(emulator, suffix, sha
     assert report["counts"]["sent"] == report["counts"]["answered"] == len(test) == 18  # 20% of 90 pictures
     assert report["class_names"] == list(SHAPE_CLASSES)
     offline = evaluate_model(model, dataset=test)
-    assert report["accuracy"] == offline["accuracy"]
+    assert report["accuracy"] == metrics.accuracy(offline)
     assert report["offline"]["identical"] is True
-    assert [p["prediction"] for p in sorted(report["predictions"], key=lambda p: p["index"])] == offline[
-        "predictions"
-    ].tolist()
+    assert [p["prediction"] for p in sorted(report["predictions"], key=lambda p: p["index"])] == (
+        offline.answers.prediction.tolist()
+    )
     assert report["calibration"]["bins"] and 0 <= report["calibration"]["ece"] <= 1
 
 
@@ -128,7 +92,7 @@ def test_two_models_on_one_stream(emulator, suffix, shapes, tmp_path):
     assert mc["a_right_b_wrong"] == sum(right_a[i] and not right_b[i] for i in pa)
     assert mc["a_wrong_b_right"] == sum(right_b[i] and not right_a[i] for i in pa)
     assert mc["both_right"] + mc["both_wrong"] + mc["a_right_b_wrong"] + mc["a_wrong_b_right"] == 18
-    assert mc["p_value"] == mcnemar_exact(mc["a_right_b_wrong"], mc["a_wrong_b_right"])
+    assert mc["p_value"] == pytest.approx(mcnemar_by_hand(mc["a_right_b_wrong"], mc["a_wrong_b_right"]), rel=1e-12)
     assert cmp["disagreements"] == sum(pa[i]["prediction"] != pb[i]["prediction"] for i in pa)
     folder = next(tmp_path.glob("*/"))
     assert (folder / "disagreements.png").is_file() and (folder / "reliability.png").is_file()

@@ -1,4 +1,4 @@
-"""Fault tests (issue 6) against Google's real Pub/Sub emulator; the figures are in docs/reliability.md.
+"""Fault tests against Google's real Pub/Sub emulator; the figures are in docs/reliability.md.
 
 Each test that measures something prints one `FIGURES ...` line: run with -s to see them.
 Some sizes are scaled down from the full 10,000-image run to keep the suite within its
@@ -155,20 +155,36 @@ def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
 
 
 @pytest.mark.timeout(240)
-def test_replica_killed_during_a_paced_run_costs_at_most_15_s(suffix, topology, start_server, model_dir, tmp_path):
-    """Issue 10's measurement at the defaults: 2 replicas, `python -m streamer --rate 300`, one replica
-    SIGKILLed mid-run. Every request is answered, none later than 15 s after it was sent."""
+@pytest.mark.parametrize("images", [3000, pytest.param(6000, marks=pytest.mark.slow)])
+def test_replica_killed_during_a_paced_run_costs_at_most_15_s(
+    images, suffix, topology, start_server, model_dir, tmp_path
+):
+    """At the defaults: 2 replicas, `python -m streamer --rate 300`, one replica SIGKILLed once a third
+    of the images have been answered. Every request is answered, none later than 15 s after it was sent.
+    3,000 images prove it as 6,000 did (the kill strands what the victim held either way); the 6,000-image
+    run is `-m slow` (docs/reliability.md)."""
     server = start_server(replicas=2)
     victim = int(re.search(r"\bpid (\d+)", server.ready_lines[0]).group(1))
-    streamer = subprocess.Popen(
-        [sys.executable, "-m", "streamer", "--server", "external", "--topic-suffix", suffix, "--rate", "300",
-         "--limit", "6000", "--model", str(model_dir), "--reports-dir", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(8.0)  # ~2,000 images in
-    os.kill(victim, signal.SIGKILL)
-    out, err = streamer.communicate(timeout=200)
-    assert streamer.returncode == 0, err[-3000:]
+    err_path = tmp_path / "streamer.err"
+    with open(err_path, "w") as err:
+        streamer = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "--server", "external", "--topic-suffix", suffix, "--rate", "300",
+             "--limit", str(images), "--model", str(model_dir), "--reports-dir", str(tmp_path)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while _progress(err_path.read_text(errors="replace"), "received") < images // 3:
+            assert streamer.poll() is None, err_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "a third of the images were never answered"
+            time.sleep(0.1)
+        os.kill(victim, signal.SIGKILL)
+        streamer.wait(timeout=200)
+    finally:
+        if streamer.poll() is None:
+            streamer.kill()
+            streamer.wait(10)
+    assert streamer.returncode == 0, err_path.read_text()[-3000:]
     (report_json,) = tmp_path.glob("*/report.json")
     report = json.loads(report_json.read_text())
     latency = report["latency_ms"]
@@ -181,7 +197,7 @@ def test_replica_killed_during_a_paced_run_costs_at_most_15_s(suffix, topology, 
         p99_ms=latency["p99"],
         max_ms=latency["max"],
     )
-    assert report["counts"]["answered"] == 6000 and report["counts"]["missing"] == 0
+    assert report["counts"]["answered"] == images and report["counts"]["missing"] == 0
     assert latency["max"] <= 15_000, f"a request waited {latency['max'] / 1000:.1f} s"
 
 
@@ -363,7 +379,7 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
     assert not wrong, wrong[:10]
     assert set(predictions) == {f"good-{i}" for i in range(N_GOOD)}, "no bad message may yield a prediction"
     # Every good message: the same label as the offline evaluation of the same checkpoint.
-    offline = evaluate_model(model_dir, N_GOOD)["predictions"]
+    offline = evaluate_model(model_dir, N_GOOD).answers.prediction
     mismatches = [i for i in range(N_GOOD) if predictions[f"good-{i}"]["label"] != int(offline[i])]
     assert not mismatches, f"{len(mismatches)} predictions differ from offline, e.g. {mismatches[:5]}"
     # The server never restarted: same process, still serving, no crash in its log.
@@ -520,7 +536,7 @@ N_RESUME = 1000
 
 def _answered_in(state_file: Path) -> int:
     try:
-        return len(json.loads(state_file.read_text())["answered"])
+        return len(json.loads(state_file.read_text())["answered"]["index"])  # results/run.py's columns
     except (OSError, ValueError, KeyError):
         return 0
 

@@ -131,7 +131,7 @@ def run_mix(topology, start_server, model_dir, test_images, n_good: int, n_bad: 
     elapsed = time.monotonic() - started
     results = Counter(r.get("request_id") for _, r, _ in arrivals)
     by_id = {r.get("request_id"): r for _, r, _ in arrivals}
-    offline = evaluate_model(model_dir, len(test_images))["predictions"]
+    offline = evaluate_model(model_dir, len(test_images)).answers.prediction
     wrong = [i for i in range(n_good) if by_id[good_ids[i]].get("label") != offline[i % len(test_images)]]
     scrape = Scrape(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
     return {

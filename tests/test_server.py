@@ -185,7 +185,7 @@ def test_a_message_nacked_past_the_attempt_limit_does_not_brick_the_emulator(top
 
 @pytest.mark.timeout(120)
 def test_a_20_digit_seq_costs_only_its_own_request(topology, start_server, model_dir, test_images):
-    """Issue 10's defect, as a user met it: one REST publish of two requests on two streams.
+    """A defect once shipped, as a user met it: one REST publish of two requests on two streams.
 
     `big-seq` carries seq = 20 digits (past int64); `ok-1` is valid. Before, the result JSON failed
     to encode for the whole batch, the batch was nacked five times and the server exited.
@@ -221,7 +221,7 @@ def test_a_20_digit_seq_costs_only_its_own_request(topology, start_server, model
     assert by_id["big-seq"]["error"] == "bad_attribute" and by_id["big-seq"]["stream"] == "big"
     from train.evaluate import evaluate_model
 
-    expected = int(evaluate_model(model_dir, 1)["predictions"][0])
+    expected = int(evaluate_model(model_dir, 1).answers.prediction[0])
     assert "error" not in by_id["ok-1"] and by_id["ok-1"]["label"] == expected
     time.sleep(2)
     assert server.proc.poll() is None, "the server must keep running"

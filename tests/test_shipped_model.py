@@ -55,11 +55,12 @@ def test_served_confidences_are_calibrated(metadata):
 @pytest.mark.timeout(120)
 def test_evaluate_reproduces_the_recorded_predictions(metadata):
     """Every label as recorded, image by image; accuracy exactly; ECE, NLL, Brier within results.agreement's rule."""
+    from results import metrics
     from train.evaluate import check_against_metadata, evaluate_model
 
-    report = evaluate_model(MODEL_DIR)
-    assert report["accuracy"] == metadata["test_accuracy"]
-    check = check_against_metadata(report)
+    result = evaluate_model(MODEL_DIR)
+    assert metrics.accuracy(result) == metadata["test_accuracy"]
+    check = check_against_metadata(result, metadata)
     assert check is not None and check.compared == 10000
     assert check.ok, check.describe()
 

@@ -14,6 +14,7 @@ import pytest
 
 from broker import wire
 from broker.pubsub import BulkPublisher, Publisher
+from results import metrics
 from streamer.collector import Collector
 from streamer.stream import publish_dataset
 from tests.conftest import REPO
@@ -59,8 +60,8 @@ def test_streamed_run_matches_offline_prediction_by_prediction(emulator, suffix,
     offline = evaluate_model(model_dir, n)
     streamed = {p["index"]: p["prediction"] for p in report["predictions"]}
     assert sorted(streamed) == list(range(n)), "every request answered exactly once"
-    assert [streamed[i] for i in range(n)] == offline["predictions"].tolist()
-    assert report["accuracy"] == pytest.approx(offline["accuracy"], abs=0)
+    assert [streamed[i] for i in range(n)] == offline.answers.prediction.tolist()
+    assert report["accuracy"] == pytest.approx(metrics.accuracy(offline), abs=0)
     assert report["offline"]["identical"] is True
     assert report["ordering"]["violations"] == 0
     assert report["latency_ms"]["p50"] is not None and report["latency_ms"]["p99"] >= report["latency_ms"]["p50"]
@@ -113,17 +114,17 @@ def test_duplicate_result_is_counted_once(topology):
     finally:
         publisher.close()
         subscription.close()
-    summary = collector.summary({})
-    assert summary["counts"]["answered"] == 2 and summary["counts"]["duplicates"] == 1
-    assert summary["counts"]["correct"] == 2
+    counts = metrics.counts(collector.result())
+    assert counts["answered"] == 2 and counts["duplicates"] == 1
+    assert counts["correct"] == 2
 
 
 def test_collector_detects_ordering_violations():
     collector = Collector("ord", np.zeros(4, np.int32), [str(i) for i in range(10)])
     for i, seq in ((0, 0), (2, 2), (1, 1), (3, 3)):  # seq 1 arrives after seq 2 on stream "a"
         collector.add_message(_result_message("ord", i, "a", seq))
-    summary = collector.summary({})
-    assert summary["ordering"]["violations"] == 1 and summary["ordering"]["by_stream"] == {"a": 1}
+    ordering = collector.result().ordering
+    assert ordering.violations == 1 and ordering.by_stream == {"a": 1}
 
 
 def test_missing_results_are_reported_after_the_timeout(emulator, suffix, tmp_path):

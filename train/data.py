@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results.run import dataset_digest
+
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -76,6 +78,9 @@ class Dataset:
     class_names: tuple[str, ...]
     name: str
     files: tuple[str, ...] = ()  # for image folders: the picture behind each image, in order
+    # sha256 of the dataset the images were loaded from (results.run.dataset_digest). With an image's
+    # file name, or its index while the images are a prefix of it (--limit), it names the image across runs.
+    digest: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -83,7 +88,11 @@ class Dataset:
     def subset(self, index) -> Dataset:
         """The images at `index` (an array of positions or a slice), with their labels and files."""
         files = tuple(np.asarray(self.files, dtype=object)[index]) if self.files else ()
-        return dataclasses.replace(self, images=self.images[index], labels=self.labels[index], files=files)
+        prefix = isinstance(index, slice) and index.start in (None, 0) and index.step in (None, 1)
+        digest = self.digest if prefix or files else ""  # an index no longer names the same image
+        return dataclasses.replace(
+            self, images=self.images[index], labels=self.labels[index], files=files, digest=digest
+        )
 
 
 # ---------------------------------------------------------------- IDX parsing
@@ -140,7 +149,7 @@ def load_idx_pair(
     if labels.size and labels.max() >= num_classes:
         raise DatasetError(f"{labels_path}: label {labels.max()} out of range for {num_classes} classes")
     names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
-    return Dataset(images, labels.astype(np.int32), names, name)
+    return Dataset(images, labels.astype(np.int32), names, name, digest=dataset_digest(images, labels))
 
 
 # ------------------------------------------------------------ Fashion-MNIST
@@ -301,7 +310,8 @@ def load_image_folder(
                 files.append(str(file))
     if not images:
         raise DatasetError(f"{root}: no PNG/JPEG images found in the class folders")
-    return Dataset(np.stack(images), np.asarray(labels, np.int32), names, root.name, tuple(files))
+    images, labels, files = np.stack(images), np.asarray(labels, np.int32), tuple(files)
+    return Dataset(images, labels, names, root.name, files, dataset_digest(images, labels, files))
 
 
 def split_dataset(ds: Dataset, test_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:

@@ -6,9 +6,9 @@
 
 Uses the same batch size as training's final evaluation, so its labels reproduce the ones
 metadata.json records, image by image, and its float figures agree within the one tolerance of
-results/agreement.py (the last float digits depend on the machine's instruction set). The
-predictions file (one row per test image) is what the streamed report is compared against,
-prediction by prediction.
+results/agreement.py (the last float digits depend on the machine's instruction set). Its result
+is a run result like a streamed run's (results/run.py), which the streamed report is compared
+against, prediction by prediction; the predictions file holds one row per test image.
 
 With --corruptions it is the robustness evaluation (docs/robustness.md): accuracy and
 calibration per corruption x severity on a seeded subset of the test set, the paired drop
@@ -30,26 +30,29 @@ from pathlib import Path
 import numpy as np
 
 from configs import load_config
-from results import agreement
-from train.calibration import ECE_BINS, calibration_report
-from train.data import DatasetError, load_fashion_mnist, take
+from results import agreement, metrics
+from results.run import Answers, Counters, ModelIdentity, RunInfo, RunResult, dataset_identity
+from train.data import Dataset, DatasetError, load_fashion_mnist, take
 
 # JAX, Flax and Orbax are imported inside the functions that need them: a bad flag is refused
 # in a fraction of a second, before any of them loads.
 
 
-def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names) -> dict:
-    """Overall and per-class accuracy (None for a class with no images)."""
-    preds = probs.argmax(-1)
-    per_class = {
-        name: float((preds[labels == i] == i).mean()) if (labels == i).any() else None
-        for i, name in enumerate(class_names)
-    }
-    return {"accuracy": float((preds == labels).mean()), "per_class_accuracy": per_class, "n": int(len(labels))}
+def offline_result(probs: np.ndarray, data: Dataset, model: ModelIdentity | None = None) -> RunResult:
+    """A local prediction of every image of `data` (probabilities from the one predict function), as a run result."""
+    dataset, ids = dataset_identity(data)
+    return RunResult(
+        run=RunInfo(mode="offline", limit=len(data), dataset=data.name),
+        model=model or ModelIdentity(None),
+        dataset=dataset,
+        class_names=tuple(data.class_names),
+        answers=Answers.offline(ids, data.labels, probs),
+        counters=Counters(sent=len(data)),
+    )
 
 
-def evaluate_model(model_dir: str | Path | None = None, limit: int | None = None, dataset=None) -> dict:
-    """Accuracy, per-class accuracy, calibration and per-image predictions of the model.
+def evaluate_model(model_dir: str | Path | None = None, limit: int | None = None, dataset=None) -> RunResult:
+    """Every prediction of the model, with its confidence and probabilities, as a run result.
 
     The shipped model unless `model_dir` is given. On `dataset` (a train.data.Dataset) when
     given, else on Fashion-MNIST's test split; only its first `limit` images when a limit is given.
@@ -57,75 +60,72 @@ def evaluate_model(model_dir: str | Path | None = None, limit: int | None = None
     from train.checkpoint import DEFAULT_MODEL_DIR
     from train.predictor import load_predictor
 
-    predictor = load_predictor(model_dir or DEFAULT_MODEL_DIR)
-    meta = predictor.meta
+    model_dir = model_dir or DEFAULT_MODEL_DIR
+    predictor = load_predictor(model_dir)
     test = take(dataset if dataset is not None else load_fashion_mnist("test"), limit)
-    probs = predict_probs(predictor, test.images)
-    report = accuracy_report(probs, test.labels, meta["class_names"])
-    report.update(
-        calibration=calibration_report(probs, test.labels),
-        metadata_calibration=meta.get("test_calibration", {}).get("after_scaling"),
-        predictions=probs.argmax(-1),
-        confidences=probs.max(-1),
-        labels=test.labels,
-        metadata_accuracy=meta["test_accuracy"],
-        metadata_test_images=meta.get("test_images"),
-        metadata_predictions=meta.get("test_predictions"),
-        model_digest=meta["checkpoint_sha256"],
-        class_names=meta["class_names"],
+    identity = predictor.meta["checkpoint_sha256"][:16]
+    return offline_result(
+        predict_probs(predictor, test.images), test, ModelIdentity(identity, (identity,), str(model_dir))
     )
-    return report
 
 
-def write_predictions(path: str | Path, report: dict) -> None:
+def write_predictions(path: str | Path, result: RunResult) -> None:
     """CSV: index,label,prediction,confidence (language-neutral, diffable)."""
+    a = result.answers
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["index", "label", "prediction", "confidence"])
-        for i, (y, p, c) in enumerate(zip(report["labels"], report["predictions"], report["confidences"])):
-            out.writerow([i, int(y), int(p), f"{float(c):.6f}"])
+        for i, y, p, c in zip(a.index, a.label, a.prediction, a.confidence):
+            out.writerow([int(i), int(y), int(p), f"{float(c):.6f}"])
 
 
-def print_report(report: dict) -> None:
-    print(f"model {report['model_digest'][:12]}  test images {report['n']}")
-    for name, acc in report["per_class_accuracy"].items():
-        print(f"  {name:<12} {acc:7.2%}" if acc is not None else f"  {name:<12}     n/a (no test images)")
-    print(f"accuracy {report['accuracy']:.4%} ({int(round(report['accuracy'] * report['n']))}/{report['n']})")
-    cal = report["calibration"]
+def print_report(result: RunResult, meta: dict) -> None:
+    n, accuracy = len(result.answers), metrics.accuracy(result)
+    print(f"model {meta['checkpoint_sha256'][:12]}  test images {n}")
+    for row in metrics.per_class(result):
+        acc = row["accuracy"]
+        print(
+            f"  {row['class']:<12} {acc:7.2%}" if acc is not None else f"  {row['class']:<12}     n/a (no test images)"
+        )
+    print(f"accuracy {accuracy:.4%} ({int(round(accuracy * n))}/{n})")
+    cal = metrics.calibration(result)
     print(
-        f"calibration: ECE {cal['ece']:.2%} (15 bins), max bin gap {cal['max_gap']:.2%}, "
+        f"calibration: ECE {cal['ece']:.2%} ({metrics.ECE_BINS} bins), max bin gap {cal['max_gap']:.2%}, "
         f"mean confidence {cal['mean_confidence']:.2%} vs accuracy {cal['accuracy']:.2%}, "
         f"NLL {cal['nll']:.4f}, Brier {cal['brier']:.4f}"
     )
-    check = check_against_metadata(report)
+    check = check_against_metadata(result, meta)
     if check is not None:
         print("matches metadata.json" if check.ok else f"DIFFERS from metadata.json: {check.describe()}")
 
 
-def check_against_metadata(report: dict) -> agreement.Agreement | None:
-    """The evaluation against what training recorded: labels identical, floats within the tolerance.
+def check_against_metadata(result: RunResult, meta: dict) -> agreement.Agreement | None:
+    """The evaluation against what training recorded (metadata.json): labels identical, floats within
+    results/agreement.py's tolerance.
 
-    None when the report is not of the recorded test set (another size, or another dataset).
+    None when the result is not of the recorded test set (another size, or another dataset).
     Models trained before per-image predictions were recorded are checked on their figures only.
     """
-    recorded = report.get("metadata_predictions")
-    if recorded is not None and recorded.get("n") == report["n"]:
+    n, answers = len(result.answers), result.answers
+    recorded = meta.get("test_predictions")
+    if recorded is not None and recorded.get("n") == n:
         try:
             labels, confidences = agreement.decode_predictions(recorded)
         except ValueError as err:
             from train.checkpoint import ModelError
 
             raise ModelError(f"metadata.json: {err}") from None
-        check = agreement.compare_predictions(labels, report["predictions"], confidences, report["confidences"])
-        ece_allowed = agreement.ece_allowance(confidences, ECE_BINS)
-    elif recorded is None and report["n"] == (report.get("metadata_test_images") or 10000):
+        check = agreement.compare_predictions(labels, answers.prediction, confidences, answers.confidence)
+        ece_allowed = agreement.ece_allowance(confidences, metrics.ECE_BINS)
+    elif recorded is None and n == (meta.get("test_images") or 10000):
         # A crossing needs both confidences within the tolerance of the edge: either side can stand in.
-        check = agreement.Agreement(report["n"], [], 0.0, [])
-        ece_allowed = agreement.ece_allowance(report["confidences"], ECE_BINS)
+        check = agreement.Agreement(n, [], 0.0, [])
+        ece_allowed = agreement.ece_allowance(answers.confidence, metrics.ECE_BINS)
     else:
         return None
-    expected = {"accuracy": report["metadata_accuracy"], **(report["metadata_calibration"] or {})}
-    got = {"accuracy": report["accuracy"], **report["calibration"]}
+    recorded_calibration = meta.get("test_calibration", {}).get("after_scaling") or {}
+    expected = {"accuracy": meta["test_accuracy"], **recorded_calibration}
+    got = {"accuracy": metrics.accuracy(result), **metrics.calibration(result)}
     # Accuracy is a count of identical labels: any difference is a real one.
     allowed = {"accuracy": 0.0, "ece": ece_allowed, "mean_confidence": agreement.TOLERANCE}
     allowed |= {"nll": agreement.TOLERANCE, "brier": agreement.TOLERANCE}
@@ -459,19 +459,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         return _fail(str(err))
 
-    from train.checkpoint import ModelError  # JAX and Orbax load from here on
+    from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata  # JAX and Orbax load from here on
 
     try:
         if settings:
             result = evaluate_robustness(args.model, reference_dir=args.reference, limit=args.limit, **settings)
         else:
-            report = evaluate_model(args.model, args.limit)
+            result = evaluate_model(args.model, args.limit)
+            meta = load_metadata(args.model or DEFAULT_MODEL_DIR)
     except (DatasetError, ModelError) as err:
         return _fail(str(err))
     if not settings:
-        print_report(report)
+        print_report(result, meta)
         if args.predictions:
-            write_predictions(args.predictions, report)
+            write_predictions(args.predictions, result)
             print(f"predictions -> {args.predictions}")
         return 0
     print_robustness(result)

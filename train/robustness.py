@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from train.calibration import ECE_BINS, calibration_from_confidences
+from results.metrics import ECE_BINS, calibration_from_confidences
 
 CLEAN = "clean"
 LEVEL = 0.95

@@ -16,11 +16,12 @@ from flax import nnx
 from tqdm import tqdm
 
 from results import agreement
+from results import metrics as results_metrics
 from results.machine import machine
 from train import calibration
 from train import data as data_lib
 from train.checkpoint import ModelError, save_model
-from train.evaluate import accuracy_report
+from train.evaluate import offline_result
 from train.model import CNN, build_model, count_params, make_predict_fn, predict_in_batches
 
 
@@ -122,7 +123,7 @@ def ema_step(ema: nnx.State, current: nnx.State, step: jax.Array, decay: float) 
 def eval_step(predict, state, ds: data_lib.Dataset, batch_size: int) -> dict:
     """Accuracy of `state` on a labelled split."""
     probs = predict_in_batches(predict, state, ds.images, batch_size)
-    return accuracy_report(probs, ds.labels, ds.class_names)
+    return {"accuracy": results_metrics.accuracy(offline_result(probs, ds))}
 
 
 # ------------------------------------------------------------- the loop
@@ -193,9 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raw_test = predict_in_batches(predict, nnx.state(averaged), test_ds.images, config.eval_batch_size)
     served, state = make_predict_fn(averaged, temperature, config.test_time_flip)
     probs = predict_in_batches(served, state, test_ds.images, config.eval_batch_size)
-    report = accuracy_report(probs, test_ds.labels, test_ds.class_names)
-    after = calibration.calibration_report(probs, test_ds.labels)
-    before = calibration.calibration_report(raw_test, test_ds.labels)
+    test = offline_result(probs, test_ds)
+    after = results_metrics.calibration(test)
+    before = results_metrics.calibration_report(raw_test, test_ds.labels)
     tqdm.write(
         f"temperature {temperature:.4f}: test ECE {before['ece']:.2%} -> {after['ece']:.2%}, "
         f"NLL {before['nll']:.4f} -> {after['nll']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}"
@@ -211,11 +212,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_batch_size": config.eval_batch_size,
         "temperature": temperature,
         "test_time_flip": bool(config.test_time_flip),
-        "test_accuracy": report["accuracy"],
-        "per_class_accuracy": report["per_class_accuracy"],
-        "test_images": report["n"],
+        "test_accuracy": results_metrics.accuracy(test),
+        "per_class_accuracy": {row["class"]: row["accuracy"] for row in results_metrics.per_class(test)},
+        "test_images": len(test.answers),
         "test_calibration": {
-            "bins": calibration.ECE_BINS,
+            "bins": results_metrics.ECE_BINS,
             "before_scaling": {k: before[k] for k in ("ece", "max_gap", "mean_confidence", "nll", "brier")},
             "after_scaling": {k: after[k] for k in ("ece", "max_gap", "mean_confidence", "nll", "brier")},
         },
