@@ -279,7 +279,7 @@ def test_an_adaptive_server_answers_a_burst_as_the_offline_evaluation(topology, 
     results, _ = collect_results(topology, n, timeout=60)
     by_id = {r["request_id"]: r for r in results}
     assert sorted(by_id) == sorted(ids)
-    offline = evaluate_model(model_dir, n)["predictions"].tolist()
+    offline = evaluate_model(model_dir, n).answers.prediction.tolist()
     assert [by_id[f"adaptive-{i}"]["label"] for i in range(n)] == offline
     timings = [r["timing"] for r in results]
     assert all(t["bucket"] in BUCKETS and t["batch_size"] <= t["bucket"] for t in timings)
