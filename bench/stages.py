@@ -12,8 +12,9 @@ timestamps:
 
   send         sent_ns → request's publish_time          the client's publish RPC (send_ms)
   broker in    request's publish_time → server's pull     ordered delivery, pull polling (broker_ms)
-  queue        pull → batch start, of which `batching wait` is the batcher holding it with the
-               compute thread free (queue_ms, batch_wait_ms)
+  queue        pull → batch start (queue_ms)
+  batch wait   the batcher holding the batch open, compute thread free (batch_wait_ms; not
+               added into the sum: it overlaps queue)
   decode/model the batch's (decode_ms, model_ms)
   publish      model done → result's publish_time         answers, encoding, the publisher's batching
   broker out   result's publish_time → received here      delivery and the collector's pull
