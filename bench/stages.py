@@ -1,6 +1,6 @@
 """Where a request's time goes, stage by stage, per batching policy and offered rate.
 
-python -m bench.stages --rates 200,1500 [--policies fixed,adaptive] [--limit 3000] [--repeats 1]
+python -m bench.stages [--rates 0,150,800] [--policies fixed,adaptive] [--limit 3000] [--repeats 4]
 
 One emulator (started here unless PUBSUB_EMULATOR_HOST is set); per repeat and policy, one
 `python -m server --batching POLICY` with a metrics port, `--warm-up` requests through the real
@@ -353,7 +353,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--policies", default="fixed,adaptive", help="batching policies, comma-separated")
     p.add_argument("--limit", type=int, default=3000, help="images per timed run")
     p.add_argument("--streams", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2, help="even: each policy goes first as often")
     p.add_argument("--warm-up", type=int, default=3000, help="untimed requests first, per server")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     p.add_argument("--plot", default=str(REPO / "docs" / "bench" / "stages.png"))
