@@ -26,7 +26,18 @@ from configs import load_config
 from results import run as run_json
 from results.compare import compare, comparison_blocks, comparison_tables, comparison_text, model_text
 from results.machine import describe as describe_machine
-from results.metrics import ECE_BIAS, Uncertainty, interval_at
+from results.metrics import Uncertainty, interval_at
+from results.readout import (
+    calibration_note,
+    calibration_table,
+    calibration_text,
+    detectable_rows,
+    detectable_text,
+    latency_text,
+    level_text,
+    per_class_note,
+    per_class_table,
+)
 from results.run import RunResult
 from results.tables import Block, Cell, Section, Table, cells, fmt, render, render_page
 from streamer.figures import GALLERY_PNG, PLOTS, Shown, gallery_figure, save_figure
@@ -47,10 +58,6 @@ def interval_settings(config=None, level: float | None = None) -> Uncertainty:
     return Uncertainty(**settings)
 
 
-def _level(figures: dict) -> str:
-    return f"{100 * figures['intervals']['level']:g}%" if figures.get("intervals") else ""
-
-
 # --------------------------------------------------------------------------- tables
 def _summary_table(shown: Shown) -> Table:
     """Headline numbers of the run: counts, accuracy, rates, latency, ordering, model, wall time."""
@@ -69,7 +76,7 @@ def _summary_table(shown: Shown) -> Table:
             "Accuracy",
             f"{fmt(f['accuracy'], 'percent', interval=interval_at(f, 'accuracy'))} ({counts['correct']} correct)",
         ],
-        *_detectable_rows(f),
+        *detectable_rows(f),
         ["Publish rate target / achieved", f"{fmt(run.rate_target)} / {fmt(run.rate_achieved)} img/s"],
         [
             "Throughput (results)",
@@ -96,24 +103,8 @@ def _summary_table(shown: Shown) -> Table:
         ["Broker / content type", f"{fmt(run.broker, 'text')} / {fmt(run.content_type, 'text')}"],
         ["Machine", describe_machine(run.machine)],
     ]
-    level = _level(f)
+    level = level_text(f)
     return Table(["Metric", f"Value [{level} interval]" if level else "Value"], rows)
-
-
-def _detectable_rows(f: dict) -> list[list]:
-    """How sure the accuracy is: its interval's half-width, and the change a same-size run on other images detects."""
-    found = interval_at(f, "detectable")
-    if not found:
-        return []
-    rerun = found["rerun_difference"]
-    return [
-        [f"Accuracy ± ({_level(f)} half-width)", f"{100 * found['accuracy_half_width']:.2f} pts"],
-        [
-            f"Smallest change a same-size run on other images detects ({100 * found['power']:g}% power, "
-            f"alpha {found['alpha']:g})",
-            f"{100 * rerun:.2f} pts" if rerun is not None else "n/a",
-        ],
-    ]
 
 
 def _warm_up_text(r: RunResult) -> str:
@@ -140,42 +131,16 @@ def _offline_text(r: RunResult) -> str:
     )
 
 
-def _per_class_table(figures: dict) -> Table:
-    """Support, accuracy (= recall), precision, recall and F1 of each class, with their intervals."""
-    rows = []
-    for c, row in enumerate(figures["per_class"]):
-        recall = interval_at(figures, "per_class", c, "recall")
-        rows.append(
-            [
-                row["class"],
-                Cell(row["support"], "count"),
-                Cell(row["accuracy"], "number", 3, recall),
-                Cell(row["precision"], "number", 3, interval_at(figures, "per_class", c, "precision")),
-                Cell(row["recall"], "number", 3, recall),
-                Cell(row["f1"], "number", 3, interval_at(figures, "per_class", c, "f1")),
-            ]
-        )
-    return Table(["Class", "Support", "Accuracy", "Precision", "Recall", "F1"], rows)
-
-
 def _per_class_blocks(shown: Shown) -> list[Block]:
-    """One per-class table per model; the intervals' methods under them."""
+    """One per-class table per model; how their intervals are made under them."""
     models = shown.models()
     blocks: list[Block] = []
     for name, r, figures in models:
         if len(models) > 1:
             blocks.append(("text", f"Model {name} {r.model.identity or ''}:"))
-        blocks.append(("table", _per_class_table(figures)))
-    if interval_at(shown.figures, "per_class"):
-        blocks.append(
-            (
-                "text",
-                f"{_level(shown.figures)} intervals: Wilson score for accuracy, precision and recall (a proportion of "
-                f"images); percentile bootstrap over images for F1 ({shown.figures['intervals']['resamples']} "
-                f"resamples, seed {shown.figures['intervals']['seed']}).",
-            )
-        )
-    return blocks
+        blocks.append(("table", per_class_table(figures)))
+    note = per_class_note(shown.figures)
+    return blocks + ([("text", note)] if note else [])
 
 
 def _confusion_table(shown: Shown) -> Table:
@@ -184,66 +149,9 @@ def _confusion_table(shown: Shown) -> Table:
     return Table(["True \\ Predicted", *names], rows)
 
 
-def _calibration_table(shown: Shown) -> Table:
-    """Is the confidence true? One column per model."""
-    models = shown.models()
-    header = [f"Calibration ({len(models[0][2]['calibration']['bins'])} equal-width bins)"]
-    header += [
-        f"{'model' if name == 'model' else 'model ' + name} {r.model.identity or ''}".strip() for name, r, _ in models
-    ]
-    figs = [figures for _, _, figures in models]
-    cals = [f["calibration"] for f in figs]
-    return Table(
-        header,
-        [
-            [
-                "Expected calibration error (ECE)",
-                *(Cell(c["ece"], "percent", interval=interval_at(f, "calibration", "ece")) for c, f in zip(cals, figs)),
-            ],
-            ["Largest bin gap |confidence - accuracy|", *cells("percent", *(c["max_gap"] for c in cals))],
-            ["Mean confidence", *cells("percent", *(c["mean_confidence"] for c in cals))],
-            [
-                "Accuracy",
-                *(Cell(c["accuracy"], "percent", interval=interval_at(f, "accuracy")) for c, f in zip(cals, figs)),
-            ],
-            [
-                "Mean confidence - accuracy (> 0: over-confident)",
-                *(
-                    Cell(c["overconfidence"], "pts", interval=interval_at(f, "calibration", "gap"))
-                    for c, f in zip(cals, figs)
-                ),
-            ],
-            ["Verdict", *(confidence_verdict(f) for f in figs)],
-        ],
-    )
-
-
-def confidence_verdict(figures: dict) -> str:
-    """Over- or under-confident only when the interval of mean confidence - accuracy excludes 0."""
-    calibration = interval_at(figures, "calibration")
-    if not calibration:
-        return "n/a"
-    gap = calibration["gap"]
-    if calibration["verdict"] == "consistent with calibrated":
-        return f"consistent with calibrated (the {_level(figures)} interval of the gap includes 0)"
-    if calibration["verdict"] in ("over-confident", "under-confident"):
-        return f"{calibration['verdict']} by {fmt(abs(gap['estimate']), 'pts').lstrip('+')} (its interval excludes 0)"
-    return calibration["verdict"]
-
-
 def _calibration_blocks(shown: Shown) -> list[Block]:
-    blocks: list[Block] = [("table", _calibration_table(shown))]
-    if interval_at(shown.figures, "calibration"):
-        gap_method = shown.figures["intervals"]["calibration"]["gap"]["method"]
-        blocks.append(
-            (
-                "text",
-                f"The verdict rests on the interval of mean confidence - accuracy alone ({gap_method}; each image keeps "
-                f"its own confidence), never on a fixed band. {ECE_BIAS.rsplit('. ', 1)[0]}. The reliability "
-                "diagram's bars carry each bin's Wilson interval and its count.",
-            )
-        )
-    return blocks + [_image("reliability")]
+    note = calibration_note(shown.figures)
+    return [("table", calibration_table(shown.models())), *([("text", note)] if note else []), _image("reliability")]
 
 
 def _server_table(shown: Shown) -> Table:
@@ -347,36 +255,6 @@ def write_report(
     return out_dir
 
 
-def _latency_text(f: dict) -> str:
-    latency = f["latency_ms"]
-    text = "   ".join(
-        f"{k} {fmt(latency[k], 'ms', interval=interval_at(f, 'latency_ms', k))}" for k in ("p50", "p90", "p99")
-    )
-    return f"{text}   max {fmt(latency['max'], 'ms')}" + (
-        "  (intervals within this run)" if interval_at(f, "latency_ms") else ""
-    )
-
-
-def _calibration_text(f: dict) -> str:
-    cal = f["calibration"]
-    ece = fmt(cal["ece"], "percent", interval=interval_at(f, "calibration", "ece"))
-    gap = fmt(cal["overconfidence"], "pts", interval=interval_at(f, "calibration", "gap"))
-    verdict = (interval_at(f, "calibration") or {}).get("verdict", "n/a")
-    return f"ECE {ece}; mean confidence {fmt(cal['mean_confidence'], 'percent')} - accuracy = {gap}: {verdict}"
-
-
-def _detectable_text(f: dict) -> str | None:
-    found = interval_at(f, "detectable")
-    if not found:
-        return None
-    rerun = found["rerun_difference"]
-    reach = f"{100 * rerun:.2f} pts" if rerun is not None else "no change"
-    return (
-        f"±{100 * found['accuracy_half_width']:.2f} pts ({_level(f)}); a same-size run on other images detects "
-        f"{reach} ({100 * found['power']:g}% power, alpha {found['alpha']:g})"
-    )
-
-
 def render_terminal(
     result: RunResult, out_dir: str | Path | None = None, compared: RunResult | None = None, shown: Shown | None = None
 ) -> str:
@@ -401,17 +279,17 @@ def render_terminal(
         f"   dead-lettered {counts['dead_lettered']}   stray {counts['stray']}",
         f"  accuracy    {fmt(f['accuracy'], 'percent', interval=interval_at(f, 'accuracy'))}  ({counts['correct']} correct)",
     ]
-    if (detectable := _detectable_text(f)) is not None:
+    if (detectable := detectable_text(f)) is not None:
         lines.append(f"  how sure    {detectable}")
     lines += [
-        f"  latency     {_latency_text(f)}",
+        f"  latency     {latency_text(f)}",
         f"  throughput  {fmt(throughput['img_per_s'], 'rate')}"
         f"   publish rate {fmt(run.rate_achieved)} / target {fmt(run.rate_target)} img/s",
         f"  server      queue p50 {fmt(server['queue_ms']['p50'], 'ms')}   compute p50 "
         f"{fmt(server['compute_ms']['p50'], 'ms')}   mean batch {fmt(server['mean_batch_size'])}",
         f"  ordering    {r.ordering.violations} violation(s)",
         "  errors      " + (", ".join(f"{reason} x{count}" for reason, count in reasons.items()) or "none"),
-        f"  calibration {_calibration_text(f)}",
+        f"  calibration {calibration_text(f)}",
     ]
     weakest = [row for row in f["per_class"] if row["accuracy"] is not None]
     if weakest:
