@@ -42,9 +42,13 @@ def synthetic(n: int = 10_000, seed: int = 0) -> tuple[RunResult, RunResult]:
         )  # fmt: skip
         out.append(
             RunResult(
-                run=RunInfo(run_id="bench"), model=ModelIdentity(name, (name,)),
-                dataset=DatasetIdentity("synthetic", "0" * 64, n), class_names=tuple(map(str, range(10))),
-                answers=answers, counters=Counters(sent=n), published_s=t0 + np.arange(n) / 200 - 0.014,
+                run=RunInfo(run_id="bench"),
+                model=ModelIdentity(name, (name,)),
+                dataset=DatasetIdentity("synthetic", "0" * 64, n),
+                class_names=tuple(map(str, range(10))),
+                answers=answers,
+                counters=Counters(sent=n),
+                published_s=t0 + np.arange(n) / 200 - 0.014,
             )  # fmt: skip
         )
     return out[0], out[1]
