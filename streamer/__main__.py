@@ -95,7 +95,7 @@ def _interval_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         dest="intervals.level",
         metavar="LEVEL",
-        help="two-sided level of every interval, e.g. 0.99; the tests are at 1 - LEVEL (default 0.95, configs/stream.py)",
+        help="two-sided level of every interval, e.g. 0.99; the tests are at 1 - LEVEL (default: configs/stream.py)",
     )
 
 

@@ -294,3 +294,30 @@ def test_flags_are_checked_before_jax_is_imported():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["2", "False"] and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_reliability_diagram_has_wilson_bars_and_each_bins_count():
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from streamer.figures import reliability_figure
+
+    rng = np.random.default_rng(4)
+    confidence = rng.uniform(0.3, 1.0, 600)
+    labels = rng.integers(0, 10, 600)
+    r = result(labels, np.where(rng.random(600) < confidence, labels, (labels + 1) % 10), confidence)
+    shown = Shown.of(r, None, U)
+    fig = reliability_figure(shown)
+    try:
+        ax, ax_n = fig.axes
+        (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        bins = [b for b in shown.figures["intervals"]["calibration"]["bins"] if b["count"]]
+        (segments,) = bars.lines[2]
+        spans = np.array(sorted((s[0][1], s[1][1]) for s in segments.get_segments()))
+        expected = np.array(sorted((b["accuracy"]["lo"], b["accuracy"]["hi"]) for b in bins))
+        assert len(bins) == 11 and np.allclose(spans, expected)  # one bar per bin with images: 0.3-1.0
+        labels = [t.get_text() for t in ax_n.texts if t.get_text()]
+        assert labels == [str(b["count"]) for b in bins] and sum(map(int, labels)) == 600
+        assert "Wilson interval" in ax.get_title()
+    finally:
+        plt.close(fig)
