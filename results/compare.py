@@ -376,7 +376,7 @@ def overview_table(cmp: Comparison) -> Table:
             estimate(interval_at(fb, "macro_f1"), "number", 4),
         )
         paired_f1 = _interval(cmp, "macro_f1_difference")  # on the paired images, by the paired bootstrap
-        f1_delta = estimate(paired_f1, "number", 4) if paired_f1 else Cell(delta(f1_b.value, f1_a.value), "number", 4)
+        f1_delta = estimate(paired_f1, "signed", 4) if paired_f1 else Cell(delta(f1_b.value, f1_a.value), "signed", 4)
         partial = paired_f1 and {fa["counts"]["answered"], fb["counts"]["answered"]} != {cmp.paired_images}
         label = f"Macro F1 (B - A on the {cmp.paired_images} paired images)" if partial else "Macro F1"
         rows.append([label, f1_a, f1_b, f1_delta])
@@ -433,7 +433,7 @@ def per_class_table(cmp: Comparison) -> Table:
                 Cell(row["accuracy_delta"], "pts", interval=test.get("accuracy_difference")),
                 *([Cell(test.get("p_holm"), "p_value"), test.get("better") or ""] if paired else []),
                 *cells("number", row["f1_a"], row["f1_b"], digits=4),
-                Cell(row["f1_delta"], "number", 4, f1_iv),
+                Cell(row["f1_delta"], "signed", 4, f1_iv),
             ]
         )
     return Table(header, rows)

@@ -22,6 +22,7 @@ FORMATS: dict[str, Callable[[Any, int], str]] = {
     "text": lambda v, d: str(v),
     "count": lambda v, d: f"{v}",
     "number": lambda v, d: f"{v:.{d}f}" if isinstance(v, float) else f"{v}",
+    "signed": lambda v, d: f"{v:+.{d}f}",  # a difference of two numbers
     "percent": lambda v, d: f"{100.0 * v:.{d}f}%",
     "pts": lambda v, d: f"{100 * v:+.{d}f} pts",  # a difference of two percentages
     "ms": lambda v, d: f"{v:.{d}f} ms",
@@ -36,6 +37,7 @@ DIGITS["p_value"] = 3
 # kind -> how an interval's bounds are written after the value, in its unit: 94.51% [94.05, 94.94]
 BOUNDS: dict[str, Callable[[Any, int], str]] = {
     "number": lambda v, d: f"{v:.{d}f}",
+    "signed": lambda v, d: f"{v:+.{d}f}",
     "percent": lambda v, d: f"{100.0 * v:.{d}f}",
     "pts": lambda v, d: f"{100 * v:+.{d}f}",
     "ms": lambda v, d: f"{v:.{d}f}",
