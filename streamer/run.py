@@ -276,6 +276,17 @@ def verify_offline(summary: dict, model_dir, data: Dataset) -> dict:
 WARM_UP_RATE = 2000.0  # img/s: fast enough to be short, slow enough to look like a stream
 
 
+def warm_up_size(images: int, cap: int, from_images: int, asked: int | None = None) -> int:
+    """How many warm-up requests a run of `images` gets: `asked` if a flag asked, else in proportion.
+
+    In proportion: as many as the run has images, at most `cap`, none below `from_images`
+    (configs/stream.py says why). A warm-up never costs more than the run it serves.
+    """
+    if asked is not None:
+        return asked
+    return 0 if images < from_images else min(cap, images)
+
+
 def warm_up_path(topo: Topology, data: Dataset, messages: int, expected_per_request: int) -> dict | None:
     """Before the timed stream, push `messages` requests through the real path (broker, server, results).
 
@@ -361,7 +372,9 @@ def run(args, config) -> int:
                 if model_topo is not topo:
                     flags["subscription"] = config.broker.requests_subscription + "-compare"
                 servers.append(stack.enter_context(managed_server(flags, config.server.replicas)))
-        warm = None if collect_only else warm_up_path(topo, data, config.streamer.warm_up, len(topologies))
+        s = config.streamer
+        warm_up = warm_up_size(len(data), s.warm_up, s.warm_up_from, args.warm_up)
+        warm = None if collect_only else warm_up_path(topo, data, warm_up, len(topologies))
         summaries = asyncio.run(
             stream_and_collect(args, config, topo, run_id, data, identities, servers, publish=not collect_only)
         )

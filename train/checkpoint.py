@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import orbax.checkpoint as ocp
-from flax import nnx
+if TYPE_CHECKING:
+    from train.model import CNN
 
-from train.model import CNN, build_model
+# Orbax, Flax and the model are imported by the functions that use them: the entry points import
+# DEFAULT_MODEL_DIR, ModelError and load_metadata to check their flags before JAX loads (~3 s).
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist"
 
@@ -36,6 +38,9 @@ def checkpoint_digest(checkpoint_dir: str | Path) -> str:
 
 def save_model(model_dir: str | Path, model: CNN, metadata: dict) -> dict:
     """Write the checkpoint and metadata.json (with the checkpoint's digest); return the metadata."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
     model_dir = Path(model_dir).resolve()
     model_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -58,6 +63,11 @@ def load_metadata(model_dir: str | Path) -> dict:
 
 def load_model(model_dir: str | Path = DEFAULT_MODEL_DIR, verify: bool = True) -> tuple[CNN, dict]:
     """Restore a model in eval mode: abstract model via nnx.eval_shape, then Orbax restore + merge."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from train.model import build_model
+
     model_dir = Path(model_dir).resolve()
     meta = load_metadata(model_dir)
     ckpt = model_dir / "checkpoint"

@@ -11,7 +11,6 @@ prediction by prediction.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import sys
@@ -19,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.flags import FlagParser
 from results import agreement
 from train.calibration import ECE_BINS, calibration_report
 from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
 from train.data import DatasetError, load_fashion_mnist, take
-from train.model import predict_in_batches
-from train.predictor import load_predictor
 
 
 def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names) -> dict:
@@ -43,6 +41,9 @@ def evaluate_model(model_dir: str | Path = DEFAULT_MODEL_DIR, limit: int | None 
     On `dataset` (a train.data.Dataset) when given, else on Fashion-MNIST's test split; only
     its first `limit` images when a limit is given.
     """
+    from train.model import predict_in_batches  # imported here: main() checks its flags before JAX loads
+    from train.predictor import load_predictor
+
     predictor = load_predictor(model_dir)
     meta = predictor.meta
     test = take(dataset if dataset is not None else load_fashion_mnist("test"), limit)
@@ -117,14 +118,19 @@ def check_against_metadata(report: dict) -> agreement.Agreement | None:
     return dataclasses.replace(check, differences=check.differences + differences)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
+def make_parser() -> FlagParser:
+    parser = FlagParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model directory (checkpoint + metadata.json)")
     parser.add_argument("--predictions", help="write per-image predictions to this CSV file")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N test images (0 = all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        report = evaluate_model(args.model, args.limit)
+        report = evaluate_model(args.model, args.limit or None)
     except (DatasetError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
