@@ -7,7 +7,9 @@ Runs the config's own training step (train.train.train_epoch: augmentation, Adam
 on its own data for `--steps` steps, in chunks of 20, after one chunk that compiles; times one
 validation pass the same way; and extrapolates to the whole run: steps per epoch x epochs at the
 measured step time, plus one validation pass per epoch. Prints the step time's range over the chunks
-and the extrapolated run time at both ends of it. The configs' docstrings quote these figures.
+and the extrapolated run time at both ends of it, and the CPU time per step (all threads), which
+other processes on a shared machine inflate far less than the wall time. The configs' docstrings
+quote these figures.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 
 from configs import load_config
 from configs.flags import FlagParser
+from results.machine import describe, machine
 
 CHUNK = 20  # steps per timed chunk: each ends in a device sync (train_epoch's last-step postfix)
 
@@ -46,12 +49,13 @@ def measure(config, steps: int) -> dict:
     ema = nnx.state(model, AVERAGED)
     rng, key = np.random.default_rng(config.seed), jax.random.key(config.seed)
     chunk_ds = data_lib.take(train_ds, CHUNK * config.batch_size)
-    chunks = []
+    chunks, cpu = [], []
     for i in range(1 + max(1, steps // CHUNK)):  # the first chunk compiles: not timed
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         _, ema, key = train_epoch(model, optimizer, ema, chunk_ds, config, 1, rng, key)
         if i:
             chunks.append((time.perf_counter() - started) / CHUNK)
+            cpu.append((time.process_time() - cpu_started) / CHUNK)
     averaged = nnx.clone(model)
     nnx.update(averaged, ema)
     predict, _ = make_predict_fn(averaged, flip=config.test_time_flip)
@@ -62,6 +66,7 @@ def measure(config, steps: int) -> dict:
         validations.append(time.perf_counter() - started)
     return {
         "step_s": chunks,
+        "step_cpu_s": cpu,
         "validation_s": min(validations[1:]),
         "steps_per_epoch": steps_per_epoch,
         "epochs": config.num_epochs,
@@ -75,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     step, total_steps = r["step_s"], r["steps_per_epoch"] * r["epochs"]
     extra = r["validation_s"] * r["epochs"]
     low, mid, high = (t * total_steps + extra for t in (min(step), statistics.median(step), max(step)))
-    print(f"{args.config}: XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, {os.cpu_count()} cores")
+    print(f"{args.config}: {describe(machine())}; load average {os.getloadavg()[0]:.1f} at the end")
     print(
         f"  step {statistics.median(step):.3f} s (median of {len(step)} chunks of {CHUNK}; "
-        f"{min(step):.3f}-{max(step):.3f}), validation pass {r['validation_s']:.2f} s"
+        f"{min(step):.3f}-{max(step):.3f}), validation pass {r['validation_s']:.2f} s; "
+        f"CPU time per step {statistics.median(r['step_cpu_s']):.3f} s (all threads: other processes do not inflate it)"
     )
     print(
         f"  whole run, extrapolated: {r['epochs']} epochs x {r['steps_per_epoch']} steps = {total_steps:,} steps "
