@@ -4,6 +4,8 @@ Thin entry point: parse and check the flags (configs/flags.py), then server.run.
 server.run is imported only after the check: it imports JAX (~3 s), and a bad flag exits 2 before that.
 """
 
+import logging
+import os
 import sys
 
 from configs import config_flag_metavars
@@ -42,4 +44,10 @@ if __name__ == "__main__":
     args = make_parser().parse_args()
     from server.run import main
 
-    sys.exit(main(args))
+    code = main(args)
+    # Drained, acknowledged and closed: what is left is the interpreter tearing down XLA's and gRPC's
+    # native threads, 0.7-1.5 s that a managed run waited for after its last result (0.03 s without).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
