@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  step {statistics.median(step):.3f} s (median of {len(step)} chunks of {CHUNK}; "
         f"{min(step):.3f}-{max(step):.3f}), validation pass {r['validation_s']:.2f} s; "
-        f"CPU time per step {statistics.median(r['step_cpu_s']):.3f} s (all threads: other processes do not inflate it)"
+        f"CPU time per step {statistics.median(r['step_cpu_s']):.3f} s ({min(r['step_cpu_s']):.3f}-"
+        f"{max(r['step_cpu_s']):.3f}; all threads: other processes inflate it far less than the wall time)"
     )
     print(
         f"  whole run, extrapolated: {r['epochs']} epochs x {r['steps_per_epoch']} steps = {total_steps:,} steps "
