@@ -9,31 +9,25 @@ python -m streamer --compare OTHER_MODEL         (two models, the same requests,
 """
 
 import argparse
+import logging
+import os
 import sys
 
 from configs import config_flag_metavars
+from configs.flags import FlagParser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m streamer", description="Stream Fashion-MNIST through Pub/Sub and report."
-    )
+def make_parser() -> FlagParser:
+    """The streamer's flags; each numeric or enumerated one has its domain in configs/flags.py."""
+    p = FlagParser(prog="python -m streamer", description="Stream Fashion-MNIST through Pub/Sub and report.")
     p.add_argument("--config", help="config file (default configs/stream.py)")
     p.add_argument(
         "--rate", type=float, dest="streamer.rate", help="images per second; 0 = as fast as possible (default 200)"
     )
     p.add_argument("--streams", type=int, dest="streamer.streams", help="ordering keys: image i goes on stream i %% K")
     p.add_argument("--limit", type=int, dest="streamer.limit", help="only the first N test images")
-    p.add_argument(
-        "--content-type", choices=("raw", "png"), dest="streamer.content_type", help="send raw pixels or PNG files"
-    )
-    p.add_argument(
-        "--server",
-        choices=("managed", "external"),
-        default="managed",
-        dest="server_mode",
-        help="start the server, or use a running one",
-    )
+    p.add_argument("--content-type", dest="streamer.content_type", help="send raw pixels or PNG files")
+    p.add_argument("--server", default="managed", dest="server_mode", help="start the server, or use a running one")
     p.add_argument("--replicas", type=int, dest="server.replicas", help="managed server replicas")
     p.add_argument("--project", dest="broker.project", help="real GCP project (default: the emulator)")
     p.add_argument("--model", dest="model_dir", help="model directory for the managed server and the offline check")
@@ -58,7 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare", help="a second model folder: served on its own subscription of the same requests")
     p.add_argument("--index", type=int, help="send test image N and print its prediction")
     p.add_argument("--image", help="send this PNG/JPEG and print its prediction")
-    return config_flag_metavars(p).parse_args(argv)
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        dest="warm_up",
+        help="exactly N warm-up requests on a fresh emulator (default: in proportion to the run, configs/stream.py)",
+    )
+    return config_flag_metavars(p)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parsed and checked: a value outside its domain exits 2 here, before anything is imported or started."""
+    return make_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -79,10 +84,17 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
+    args = parse_args(argv)  # checked before streamer.run, and with it JAX and the broker client, is imported
     from streamer.run import main as run_main
 
-    return run_main(parse_args(argv))
+    return run_main(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything it started has stopped and the report is written: what is left is the interpreter
+    # tearing down XLA's and gRPC's native threads, ~1 s of waiting after the verdict line.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
