@@ -11,33 +11,26 @@ python -m streamer --plan-delta POINTS [--plan-accuracy PERCENT] [--plan-disagre
 """
 
 import argparse
-import math
+import logging
+import os
 import sys
 from pathlib import Path
 
 from configs import config_flag_metavars
+from configs.flags import FlagParser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m streamer", description="Stream Fashion-MNIST through Pub/Sub and report."
-    )
+def make_parser() -> FlagParser:
+    """The streamer's flags; each numeric or enumerated one has its domain in configs/flags.py."""
+    p = FlagParser(prog="python -m streamer", description="Stream Fashion-MNIST through Pub/Sub and report.")
     p.add_argument("--config", help="config file (default configs/stream.py)")
     p.add_argument(
         "--rate", type=float, dest="streamer.rate", help="images per second; 0 = as fast as possible (default 200)"
     )
     p.add_argument("--streams", type=int, dest="streamer.streams", help="ordering keys: image i goes on stream i %% K")
     p.add_argument("--limit", type=int, dest="streamer.limit", help="only the first N test images")
-    p.add_argument(
-        "--content-type", choices=("raw", "png"), dest="streamer.content_type", help="send raw pixels or PNG files"
-    )
-    p.add_argument(
-        "--server",
-        choices=("managed", "external"),
-        default="managed",
-        dest="server_mode",
-        help="start the server, or use a running one",
-    )
+    p.add_argument("--content-type", dest="streamer.content_type", help="send raw pixels or PNG files")
+    p.add_argument("--server", default="managed", dest="server_mode", help="start the server, or use a running one")
     p.add_argument("--replicas", type=int, dest="server.replicas", help="managed server replicas")
     p.add_argument("--project", dest="broker.project", help="real GCP project (default: the emulator)")
     p.add_argument("--model", dest="model_dir", help="model directory for the managed server and the offline check")
@@ -62,10 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare", help="a second model folder: served on its own subscription of the same requests")
     p.add_argument("--index", type=int, help="send test image N and print its prediction")
     p.add_argument("--image", help="send this PNG/JPEG and print its prediction")
-    _interval_flags(p)
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        dest="warm_up",
+        help="exactly N warm-up requests on a fresh emulator (default: in proportion to the run, configs/stream.py)",
+    )
+    _confidence_level(p)
     p.add_argument(
         "--plan-delta",
         type=float,
+        dest="plan_delta",
         metavar="POINTS",
         help="print the images needed to detect an accuracy difference of POINTS percentage points and exit "
         "(nothing is started)",
@@ -73,23 +73,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--plan-accuracy",
         type=float,
+        dest="plan_accuracy",
         metavar="PERCENT",
         help="--plan-delta's baseline accuracy (default: the model's test accuracy in its metadata.json)",
     )
     p.add_argument(
         "--plan-disagreement",
         type=float,
+        dest="plan_disagreement",
         metavar="PERCENT",
         help="--plan-delta's share of images two models answer differently, one right and one wrong "
         "(default: 100 - baseline accuracy + POINTS)",
     )
-    args = config_flag_metavars(p).parse_args(argv)
-    if (problem := flag_problem(args)) is not None:
-        p.exit(2, f"{p.prog}: error: {problem}\n")
-    return args
+    return config_flag_metavars(p)
 
 
-def _interval_flags(p: argparse.ArgumentParser) -> None:
+def _confidence_level(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--confidence-level",
         type=float,
@@ -99,32 +98,25 @@ def _interval_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-# The allowed values of the flags above: (lowest, highest, whether the lowest itself is excluded). A level
-# below 0.5 misses more often than it covers; above 0.999 a 1,000-resample bootstrap's bounds are its
-# most extreme resamples. Differences and shares are in percentage points, within 0-100.
-FLAG_DOMAINS = {
-    "intervals.level": ("--confidence-level", 0.5, 0.999, False),
-    "plan_delta": ("--plan-delta", 0.0, 100.0, True),
-    "plan_accuracy": ("--plan-accuracy", 0.0, 100.0, False),
-    "plan_disagreement": ("--plan-disagreement", 0.0, 100.0, True),
-}
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parsed and checked: a value outside its domain exits 2 here, before anything is imported or started."""
+    p = make_parser()
+    args = p.parse_args(argv)
+    if (problem := plan_problem(args)) is not None:
+        p.error(problem)
+    return args
 
 
-def flag_problem(args: argparse.Namespace) -> str | None:
-    """One line naming the first flag outside its domain (FLAG_DOMAINS), or None: checked before anything starts."""
-    for dest, (flag, low, high, above) in FLAG_DOMAINS.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if not math.isfinite(value) or value > high or (value <= low if above else value < low):
-            bound = f"above {low:g} and at most {high:g}" if above else f"from {low:g} to {high:g}"
-            return f"{flag} {value:g} is not allowed: use a number {bound}"
-    delta, disagreement = getattr(args, "plan_delta", None), getattr(args, "plan_disagreement", None)
+def plan_problem(args: argparse.Namespace) -> str | None:
+    """What the --plan-* flags' domains (configs/flags.py) cannot say: they go together, and a difference needs at
+    least as many disagreements. None when they fit."""
+    delta, disagreement = args.plan_delta, args.plan_disagreement
     if delta is None:
-        for dest in ("plan_accuracy", "plan_disagreement"):
-            if getattr(args, dest, None) is not None:
-                return f"{FLAG_DOMAINS[dest][0]} needs --plan-delta POINTS"
-    elif disagreement is not None and disagreement < delta:
+        for flag, value in (("--plan-accuracy", args.plan_accuracy), ("--plan-disagreement", disagreement)):
+            if value is not None:
+                return f"{flag} needs --plan-delta POINTS"
+        return None
+    if disagreement is not None and disagreement < delta:
         return (
             f"--plan-disagreement {disagreement:g} is below --plan-delta {delta:g}: a difference is made of images "
             "one model gets right and the other wrong, so they disagree on at least that many"
@@ -161,20 +153,22 @@ def plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_report_args(argv: list[str]) -> argparse.Namespace:
-    """`report [DIR] [--diff RUN_A RUN_B] [--confidence-level L]`: checked like the run's flags."""
-    p = argparse.ArgumentParser(
+def make_report_parser() -> FlagParser:
+    """`report [DIR] | --diff RUN_A RUN_B`, with --confidence-level: checked like the run's flags."""
+    p = FlagParser(
         prog="python -m streamer report", description="Show a saved report again, or compare two saved runs."
     )
     p.add_argument("path", nargs="?", help="a report folder or its report.json (default: the newest under reports/)")
     p.add_argument("--diff", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two saved runs")
-    _interval_flags(p)
-    p.error = lambda message: p.exit(2, f"usage: python -m streamer report [DIR] | --diff RUN_A RUN_B: {message}\n")
+    _confidence_level(p)
+    return p
+
+
+def parse_report_args(argv: list[str]) -> argparse.Namespace:
+    p = make_report_parser()
     args = p.parse_args(argv)
     if args.diff and args.path:
         p.error("give a report folder or --diff RUN_A RUN_B, not both")
-    if (problem := flag_problem(args)) is not None:
-        p.exit(2, f"{p.prog}: error: {problem}\n")
     return args
 
 
@@ -204,4 +198,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything it started has stopped and the report is written: what is left is the interpreter
+    # tearing down XLA's and gRPC's native threads, ~1 s of waiting after the verdict line.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -276,15 +276,14 @@ def test_bad_interval_flags_get_one_line_and_exit_2(argv, capsys):
 @settings(max_examples=40, deadline=None)
 @given(level=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0.5, 0.999)))
 def test_any_confidence_level_is_checked(level):
-    from streamer.__main__ import flag_problem, parse_report_args
+    from streamer.__main__ import parse_report_args
 
-    allowed = math.isfinite(level) and 0.5 <= level <= 0.999
-    args = parse_report_args(["--confidence-level", repr(level)]) if allowed else None
-    if allowed:
-        assert flag_problem(args) is None and getattr(args, "intervals.level") == level
+    if math.isfinite(level) and 0.5 <= level <= 0.999:
+        assert getattr(parse_report_args(["--confidence-level", repr(level)]), "intervals.level") == level
     else:
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_:
             parse_report_args(["--confidence-level", repr(level)])
+        assert exit_.value.code == 2
 
 
 def test_flags_are_checked_before_jax_is_imported():
