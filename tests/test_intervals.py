@@ -286,13 +286,17 @@ def test_any_confidence_level_is_checked(level):
         assert exit_.value.code == 2
 
 
-def test_flags_are_checked_before_jax_is_imported():
+def test_flags_are_checked_and_plans_made_without_jax():
+    """A bad flag exits 2 before JAX loads; --plan-delta reads the model's metadata.json and loads none either."""
     code = (
         "import sys\nfrom streamer.__main__ import main\n"
-        "try:\n    main(['--confidence-level', '2'])\nexcept SystemExit as e:\n    print(e.code, 'jax' in sys.modules)"
+        "try:\n    main(['--confidence-level', '2'])\nexcept SystemExit as e:\n    print(e.code, 'jax' in sys.modules)\n"
+        "print(main(['--plan-delta', '1']), 'jax' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["2", "False"] and len(done.stderr.strip().splitlines()) == 1
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["2", "False"] and len(done.stderr.strip().splitlines()) == 1
+    assert "from a baseline accuracy of 94.51%" in lines[1] and lines[-1].split() == ["0", "False"]
 
 
 def test_reliability_diagram_has_wilson_bars_and_each_bins_count():
