@@ -52,7 +52,8 @@ PERCENTILE_KEYS = ("p50", "p90", "p95", "p99", "max", "mean")
 
 def interval_settings(config=None, level: float | None = None) -> Uncertainty:
     """The intervals' settings: ``config.intervals`` (configs/stream.py's by default), ``level`` instead of its own."""
-    settings = dict((config or load_config(None, "stream.py")).intervals)
+    own = config.get("intervals") if config is not None else None  # a config file of its own may have none
+    settings = dict(own or load_config(None, "stream.py").intervals)
     if level is not None:
         settings["level"] = level
     return Uncertainty(**settings)

@@ -122,7 +122,14 @@ async def stream_and_collect(
             )
         watch = Watch(topo.project, servers)
         sent_s = await wait_for_results(
-            collectors, bars, publishing, pump, stop, config.collector, watch, config.intervals.level
+            collectors,
+            bars,
+            publishing,
+            pump,
+            stop,
+            config.collector,
+            watch,
+            (config.get("intervals") or {}).get("level"),
         )
     finally:
         publish_stop.set()
