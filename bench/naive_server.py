@@ -8,7 +8,6 @@ request, one ack per message. Same model, same wire format as the real server.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 from broker import process, wire
 from broker.pubsub import Publisher, PublishSettings, Subscription, Topology, broker_session, ensure_topology
 from configs import load_config
+from configs.flags import FlagParser
 from train.checkpoint import DEFAULT_MODEL_DIR
 from train.predictor import load_predictor
 
@@ -58,7 +58,7 @@ def serve(topo: Topology, model_dir) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.naive_server")
+    parser = FlagParser(prog="python -m bench.naive_server")
     parser.add_argument("--topic-suffix", default="")
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     args = parser.parse_args()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -167,6 +167,34 @@ FLAGS: dict[str, Domain] = {
     "steps": Numbers(20, 100_000, whole=True),  # python -m bench.train_steps: at least one chunk of 20
 }
 
+# Where one program's flag means something else than the same dest in FLAGS: by the parser's prog.
+PROGRAM_FLAGS: dict[str, dict[str, Domain]] = {
+    "python -m bench.stages": {
+        "rates": Numbers(0, 1_000_000, note="img/s, comma-separated; 0 = as fast as possible"),
+        "policies": OneOf(("fixed", "adaptive")),
+        "limit": Numbers(1, 10_000, whole=True),  # images per timed run, from the 10,000-image test set
+        "streams": Numbers(1, 10_000, whole=True),
+        "repeats": Numbers(1, 20, whole=True),
+        "warm_up": Numbers(0, 10_000, whole=True),
+    },
+}
+
+
+def domain_of(prog: str, dest: str) -> Domain | None:
+    """The domain of flag `dest` in program `prog`: its own in PROGRAM_FLAGS, else FLAGS's."""
+    return PROGRAM_FLAGS.get(prog, {}).get(dest) or FLAGS.get(dest)
+
+
+def comma_list(kind: type) -> Callable[[str], list]:
+    """An argparse type for "0,150,800": a list of `kind`, each item checked against the flag's domain."""
+
+    def parse(text: str) -> list:
+        return [kind(item) for item in text.split(",")]
+
+    parse.__name__ = f"comma-separated {kind.__name__}"  # argparse's "invalid <name> value" message
+    return parse
+
+
 # configs/default.py's keys: what `python -m train --config.KEY=VALUE` and a config file may set.
 IMAGE_SIDE = Numbers(4, 1024, whole=True)  # two 2x2 poolings need 4 pixels; 1,024 is far beyond CPU training
 TRAIN_CONFIG: dict[str, Domain] = {
@@ -226,10 +254,10 @@ def problem(name: str, value: Any, domain: Domain, sep: str = " ", where: str = 
 
 
 def flag_problems(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> list[str]:
-    """One line per parsed flag whose value is outside its domain in FLAGS (unset flags are not checked)."""
+    """One line per parsed flag whose value is outside its domain (unset flags are not checked)."""
     out = []
     for action in parser._actions:
-        domain = FLAGS.get(action.dest)
+        domain = domain_of(parser.prog, action.dest)
         value = getattr(namespace, action.dest, None)
         if domain is None or value is None or not action.option_strings:
             continue
@@ -252,14 +280,14 @@ def config_problems(config: Mapping, overrides: Iterable[str] = (), source: str 
 
 
 class FlagParser(argparse.ArgumentParser):
-    """argparse with one-line errors, and every flag checked against FLAGS as soon as it is parsed.
+    """argparse with one-line errors, and every flag checked against its domain as soon as it is parsed.
 
-    A flag in FLAGS with a fixed set of values shows them in --help ({raw,png}).
+    A flag with a fixed set of values shows them in --help ({raw,png}).
     """
 
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)
-        domain = FLAGS.get(action.dest)
+        domain = domain_of(self.prog, action.dest)
         if isinstance(domain, OneOf) and action.metavar is None and action.option_strings:
             action.metavar = "{" + ",".join(str(v) for v in domain.values) + "}"
         return action
