@@ -10,13 +10,13 @@ difference. REPORT_JSON is a saved `--compare` run (both models' results); witho
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import numpy as np
 
 from configs import load_config
+from configs.flags import FlagParser
 from results import run as run_json
 from results.compare import compare
 from results.machine import describe, machine
@@ -61,7 +61,7 @@ def cpu_seconds(a: RunResult, b: RunResult, u: Uncertainty | None) -> float:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.intervals", description=__doc__.splitlines()[0])
+    p = FlagParser(prog="python -m bench.intervals", description=__doc__.splitlines()[0])
     p.add_argument("report", nargs="?", help="report.json of a --compare run (default: a synthetic comparison)")
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
