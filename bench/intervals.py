@@ -60,11 +60,15 @@ def cpu_seconds(a: RunResult, b: RunResult, u: Uncertainty | None) -> float:
     return time.process_time() - started
 
 
-def main(argv=None) -> None:
+def make_parser() -> FlagParser:
     p = FlagParser(prog="python -m bench.intervals", description=__doc__.splitlines()[0])
     p.add_argument("report", nargs="?", help="report.json of a --compare run (default: a synthetic comparison)")
-    p.add_argument("--repeats", type=int, default=7)
-    args = p.parse_args(argv)
+    p.add_argument("--repeats", type=int, default=7, help="interleaved rounds with and without intervals")
+    return p
+
+
+def main(argv=None) -> None:
+    args = make_parser().parse_args(argv)
     a, b = run_json.load(args.report)[:2] if args.report else synthetic()
     u = Uncertainty(**load_config(None, "stream.py").intervals)
     added = []

@@ -33,6 +33,7 @@ from configs.flags import (
 def parsers() -> dict:
     """Every entry point's parser, built without importing JAX."""
     import bench.__main__
+    import bench.intervals
     import bench.models
     import bench.stages
     import bench.train_steps
@@ -50,6 +51,7 @@ def parsers() -> dict:
         "train.evaluate": train.evaluate.make_parser,
         "train.predict": train.predict.make_parser,
         "bench": bench.__main__.make_parser,
+        "bench.intervals": bench.intervals.make_parser,
         "bench.models": bench.models.make_parser,
         "bench.stages": bench.stages.make_parser,
         "bench.train_steps": bench.train_steps.make_parser,
