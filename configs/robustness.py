@@ -19,5 +19,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.per_cell = 500
     config.seed = 0  # picks the subset and seeds every corruption's random draws
     config.worst = 5  # worst cells listed
-    # The intervals' level (95%) and bootstrap size (1,000) are train/robustness.py's LEVEL and RESAMPLES.
+    # The intervals' level (95%) and bootstrap size (1,000) are results/robustness.py's LEVEL and RESAMPLES.
     return config

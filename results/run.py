@@ -323,6 +323,11 @@ def image_ids(n: int, files: Sequence[str] = ()) -> list[str]:
 
 
 def dataset_identity(data) -> tuple[DatasetIdentity, list[str]]:
-    """The identity of a train.data.Dataset (anything with images, labels, name, files, digest) and its image ids."""
+    """The identity of a train.data.Dataset (anything with images, labels, name, files, digest) and its image ids.
+
+    Explicit ids (`data.ids`, e.g. a robustness run's "<source id>|<corruption>|<severity>") win over the
+    index or file name; such a dataset carries its own digest.
+    """
+    ids = list(getattr(data, "ids", ()) or image_ids(len(data.labels), data.files))
     digest = getattr(data, "digest", "") or dataset_digest(data.images, data.labels, data.files)
-    return DatasetIdentity(str(data.name), digest, len(data.labels)), image_ids(len(data.labels), data.files)
+    return DatasetIdentity(str(data.name), digest, len(data.labels)), ids

@@ -173,14 +173,14 @@ def evaluate_robustness(
     """Accuracy and calibration of the model per corruption x severity, on a seeded subset of `per_cell`
     source images (the same in every cell and in the clean cell), and its CE / mCE against `reference_dir`.
 
-    An argument left at None takes configs/robustness.py's value (level and resamples: train/robustness.py's).
-    Returns the CorruptedSet ("corrupted"), each model's Outcomes, figures (train.robustness) and metadata,
+    An argument left at None takes configs/robustness.py's value (level and resamples: results/robustness.py's).
+    Returns the CorruptedSet ("corrupted"), each model's Outcomes, figures (results.robustness) and metadata,
     the CE figures ("errors", or None) and the seconds spent generating and predicting.
     """
     from train.checkpoint import DEFAULT_MODEL_DIR
     from train.corruptions import CORRUPTIONS, corrupt_dataset, parse_corruptions, parse_severities
     from train.predictor import load_predictor
-    from train.robustness import CLEAN, LEVEL, RESAMPLES, Outcomes, corruption_errors, robustness_figures
+    from results.robustness import CLEAN, LEVEL, RESAMPLES, Outcomes, corruption_errors, robustness_figures
 
     config = load_config(None, "robustness.py")
     corruptions = tuple(corruptions) if corruptions is not None else parse_corruptions(config.corruptions)
