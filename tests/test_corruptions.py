@@ -14,6 +14,15 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import stats
 
+from results.robustness import (
+    CLEAN,
+    Outcomes,
+    cell_matrix,
+    corruption_errors,
+    paired_difference,
+    robustness_figures,
+)
+from results.stats import wilson_bounds
 from tests.conftest import REPO, SHIPPED_MODEL
 from train.corruptions import (
     CORRUPTIONS,
@@ -24,15 +33,6 @@ from train.corruptions import (
     parse_severities,
     select_sources,
 )
-from results.robustness import (
-    CLEAN,
-    Outcomes,
-    cell_matrix,
-    corruption_errors,
-    paired_difference,
-    robustness_figures,
-)
-from results.stats import wilson_bounds
 from train.data import Dataset, load_fashion_mnist
 
 NAMES = list(CORRUPTIONS)

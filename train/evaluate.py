@@ -177,10 +177,10 @@ def evaluate_robustness(
     Returns the CorruptedSet ("corrupted"), each model's Outcomes, figures (results.robustness) and metadata,
     the CE figures ("errors", or None) and the seconds spent generating and predicting.
     """
+    from results.robustness import CLEAN, LEVEL, RESAMPLES, Outcomes, corruption_errors, robustness_figures
     from train.checkpoint import DEFAULT_MODEL_DIR
     from train.corruptions import CORRUPTIONS, corrupt_dataset, parse_corruptions, parse_severities
     from train.predictor import load_predictor
-    from results.robustness import CLEAN, LEVEL, RESAMPLES, Outcomes, corruption_errors, robustness_figures
 
     config = load_config(None, "robustness.py")
     corruptions = tuple(corruptions) if corruptions is not None else parse_corruptions(config.corruptions)
