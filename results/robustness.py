@@ -11,7 +11,8 @@ Every figure has an interval (95% by default):
 - a cell's accuracy: Wilson score interval (results/stats.py);
 - a cell's drop against clean: Newcombe's paired hybrid score interval (results/stats.py): the same source
   images, so the pairing removes the between-image variance;
-- ECE, means over cells (family, corruption, all) and CE / mCE: a bootstrap over source
+- a cell's ECE: results/stats.py's bootstrap over its images, as for any slice;
+- means over cells (family, corruption, all), a corruption's pooled ECE and CE / mCE: a bootstrap over source
   images, resampling the same images in every cell and for both models (the cells are paired through their
   shared sources, which a bootstrap of one cell's images cannot express).
 A cell whose accuracy interval is too wide to judge (results/slices.py) says so ("judged": False).
@@ -27,7 +28,7 @@ import numpy as np
 
 from results import stats
 from results.metrics import ECE_BINS, calibration_from_confidences
-from results.slices import accuracy_entry
+from results.slices import accuracy_entry, ece_entry
 
 if TYPE_CHECKING:
     from results.run import RunResult
@@ -187,17 +188,15 @@ def robustness_figures(
     acc_samples = weights @ m.correct.T.astype(np.float64)  # (resamples, cells)
 
     def ece_by_source(confidence: np.ndarray, correct: np.ndarray) -> dict:
-        """ECE and its bootstrap interval over the source images: one cell's images, or several cells' raveled
-        cell by cell, drawn with the same resample in every cell (a cell's sources are its images, so for one
-        cell this is results/stats.py's bootstrap over images; one draw for all cells is 4x faster: 76 cells
-        in 1 s instead of 4 s)."""
+        """Several cells' images raveled cell by cell, resampled by source (the same draw in every cell)."""
         return {
             "ece": calibration_from_confidences(confidence, correct)["ece"],
             "ece_interval": _percentiles(_ece_samples(confidence, correct, weights), level),
         }
 
     def cell_entry(correct: np.ndarray, confidence: np.ndarray) -> dict:
-        return {**accuracy_entry(correct, level), **ece_by_source(confidence, correct)}
+        """One cell is one slice of the run: the slice's figures (results/slices.py)."""
+        return {**accuracy_entry(correct, level), **ece_entry(confidence, correct, level, resamples, seed)}
 
     clean = cell_entry(m.clean_correct, m.clean_confidence)
     cells = []

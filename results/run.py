@@ -64,6 +64,10 @@ class RunInfo:
     machine: dict | None = None  # results/machine.py: the CPU kind the figures were measured on
     interrupted: bool = False
     warm_up: dict | None = None
+    # A robustness run: its corruptions, severities, images per cell, seed and generation time
+    # (streamer/datasets.py robustness_set); its image ids name each request's cell (results/robustness.py).
+    robustness: dict | None = None
+    slices: dict | None = None  # --slices: the file, its key and slice columns, rows naming no image of the run
 
 
 # The per-request columns, with what stands for "unknown" in each (None: always known).
@@ -308,12 +312,12 @@ def _json_default(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------ identity
-def dataset_digest(images: np.ndarray, labels: np.ndarray, files: Sequence[str] = ()) -> str:
-    """sha256 of a dataset's images, labels and (for folders) image ids, in order."""
+def dataset_digest(images: np.ndarray, labels: np.ndarray, files: Sequence[str] = (), ids: Sequence[str] = ()) -> str:
+    """sha256 of a dataset's images, labels and image ids (explicit ones, else the folders' or the indices), in order."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(np.asarray(labels, np.int64).tobytes())
-    h.update("\n".join(image_ids(len(labels), files)).encode())
+    h.update("\n".join(ids or image_ids(len(labels), files)).encode())
     return h.hexdigest()
 
 

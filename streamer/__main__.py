@@ -6,6 +6,9 @@ python -m streamer report [DIR]                  (show the latest, or the named,
 python -m streamer report --diff RUN_A RUN_B     (compare two saved runs: accuracy, per class, latency, models)
 python -m streamer --dataset folder:DIR --model M [--content-type png]   (your model on your test set)
 python -m streamer --compare OTHER_MODEL         (two models, the same requests, McNemar's test)
+python -m streamer --corruptions all|NAME,NAME [--severities 1-5] [--per-cell N] [--seed S]
+                                                 (the clean images and their corrupted variants: robustness)
+python -m streamer --slices FILE.csv             (figures per slice of per-image metadata)
 """
 
 import argparse
@@ -38,7 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--project", dest="broker.project", help="real GCP project (default: the emulator)")
     p.add_argument("--model", dest="model_dir", help="model directory for the managed server and the offline check")
     p.add_argument("--topic-suffix", default="", help="suffix on every topic/subscription name")
-    p.add_argument("--timeout", type=float, dest="collector.timeout_s", help="seconds to wait for all results")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        dest="collector.timeout_s",
+        help="seconds without a new result before giving up (default 120; at most 30 once all are published)",
+    )
     p.add_argument("--reports-dir", dest="collector.reports_dir", help="where reports/<timestamp>/ go")
     p.add_argument(
         "--state-file", dest="collector.state_file", help="persist collector progress here (resumable collector)"
@@ -58,7 +66,67 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare", help="a second model folder: served on its own subscription of the same requests")
     p.add_argument("--index", type=int, help="send test image N and print its prediction")
     p.add_argument("--image", help="send this PNG/JPEG and print its prediction")
+    robust = p.add_argument_group("robustness (defaults: configs/robustness.py; docs/robustness.md)")
+    robust.add_argument("--corruptions", help="all, or comma-separated names: stream every corruption x severity too")
+    robust.add_argument("--severities", help="e.g. 1-5, 3 or 1,3,5 (default 1-5)")
+    robust.add_argument("--per-cell", help="source images per corruption x severity cell (default 500)")
+    robust.add_argument("--seed", help="picks the source images and seeds the corruptions (default 0)")
+    p.add_argument(
+        "--slices", help="CSV mapping each test image (index, or file for folders) to slice columns: per-slice figures"
+    )
     return config_flag_metavars(p).parse_args(argv)
+
+
+def check_flags(args: argparse.Namespace) -> str | None:
+    """The robustness and slice flags, parsed and checked before anything starts (JAX, the broker, a server):
+    None when they are fine (their values are then on args), else the one line that says what is wrong."""
+    from results.slices import SliceError, read_slices
+    from train.corruptions import parse_corruptions, parse_severities
+
+    args.robustness = args.slice_table = None
+    given = [f"--{name.replace('_', '-')}" for name in ("severities", "per_cell", "seed") if getattr(args, name)]
+    if args.corruptions is None and given:
+        return f"{', '.join(given)}: for a robustness run only; add --corruptions all|NAME,NAME"
+    single = args.index is not None or args.image
+    if single and (args.corruptions is not None or args.slices):
+        return "--corruptions and --slices are for a run over a test set, not with --index or --image"
+    if args.corruptions is not None:
+        from configs import load_config
+
+        config = load_config(None, "robustness.py")
+
+        def whole(flag: str, text: str | None, default: int, low: int) -> int:
+            if text is None:
+                return default
+            if not text.strip().isdigit() or int(text) < low:
+                raise ValueError(f"--{flag} {text!r}: expected a whole number of at least {low}")
+            return int(text)
+
+        try:
+            corruptions = parse_corruptions(args.corruptions)
+        except ValueError as err:
+            return f"--corruptions {args.corruptions!r}: {err}"
+        try:
+            severities = parse_severities(args.severities if args.severities is not None else config.severities)
+        except ValueError as err:
+            return f"--{err}"
+        try:
+            per_cell = whole("per-cell", args.per_cell, config.per_cell, 1)
+            seed = whole("seed", args.seed, config.seed, 0)
+        except ValueError as err:
+            return str(err)
+        args.robustness = {"corruptions": corruptions, "severities": severities, "per_cell": per_cell, "seed": seed}
+    if args.slices:
+        try:
+            args.slice_table = read_slices(args.slices)
+        except SliceError as err:
+            return str(err)
+        folder = (getattr(args, "streamer.dataset", None) or "").startswith("folder:")
+        key = args.slice_table.key
+        if (folder and key == "index") or (not folder and key == "file"):
+            wanted = "file" if folder else "index"
+            return f"--slices {args.slices}: this dataset's images are named by '{wanted}' (or 'image'), not '{key}'"
+    return None
 
 
 def main(argv=None) -> int:
@@ -79,9 +147,13 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    from streamer.run import main as run_main
+    args = parse_args(argv)
+    if (problem := check_flags(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from streamer.run import main as run_main  # JAX and the broker client load from here on
 
-    return run_main(parse_args(argv))
+    return run_main(args)
 
 
 if __name__ == "__main__":
