@@ -332,9 +332,13 @@ def drain_runs(n: int, repeats: int, images: np.ndarray) -> dict:
 
 
 def results_total(port: int) -> float:
+    """The server's icc_results_total counter, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        match = re.search(r"^icc_results_total ([0-9.e+]+)$", resp.read().decode(), re.M)
-    return float(match.group(1)) if match else 0.0
+        text = resp.read().decode()
+    samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
+    return next((s.value for s in samples if s.name == "icc_results_total"), 0.0)
 
 
 def cold_start(repeats: int) -> dict:

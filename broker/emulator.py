@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from broker.errors import BrokerError
-from broker.process import die_with_parent, stop_group
+from broker.process import stop_group, tied_to_parent
 
 INSTALL_HINT = (
     "Google's Pub/Sub emulator is not installed: run 'apt-get install google-cloud-cli-pubsub-emulator' "
@@ -70,12 +70,11 @@ class Emulator:
         data_dir = tempfile.mkdtemp(prefix="pubsub-emulator-")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(launcher), "--host=127.0.0.1", f"--port={self.port}", f"--data-dir={data_dir}"],
+                tied_to_parent([str(launcher), "--host=127.0.0.1", f"--port={self.port}", f"--data-dir={data_dir}"]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + self.start_timeout
         while not port_open("127.0.0.1", self.port):

@@ -10,9 +10,9 @@ lines through ReadyWatcher and stops the whole process group with stop_group().
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -21,23 +21,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 READY_PREFIX = "server ready"
-_PR_SET_PDEATHSIG = 1
-try:
-    # Resolved now, not in the forked child: dlopen after fork in a threaded parent can deadlock
-    # on a lock another thread held at fork time (it did: a pytest run hung in _execute_child).
-    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: children do not die with their parent
-    _prctl = None
 
 
 class ProcessError(Exception):
     """A child process did not come up; the message says why, in one line."""
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+def tied_to_parent(cmd: Sequence[str]) -> list[str]:
+    """cmd, run so that it gets SIGTERM when the process starting it dies, even by SIGKILL.
+
+    The one rule for tying a child to its parent: util-linux's `setpriv --pdeathsig` sets
+    PR_SET_PDEATHSIG and execs cmd (same pid). Never a preexec_fn: that runs Python in the forked
+    child, and in a parent full of threads (pytest with gRPC and watcher threads) the child hung
+    in it, and so did Popen. Without setpriv the child is still stopped by stop_group().
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else list(cmd)
 
 
 def ready_line(model: str, buckets: Sequence[int], subscription: str, pid: int, broker_host: str | None) -> str:
@@ -52,18 +51,11 @@ def ready_pid(line: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def start(
-    cmd: Sequence[str], cwd: str | Path, log_path: str | Path, env: dict | None = None, tie_to_parent: bool = False
-) -> subprocess.Popen:
-    """Start cmd in its own process group (stdout piped for the ready line, stderr to log_path).
-
-    `tie_to_parent` adds die_with_parent as preexec_fn. Only for parents with few threads (the
-    streamer): a preexec_fn runs Python in the forked child, and in a parent full of threads
-    (pytest with gRPC and watcher threads) the child hung in it, and so did Popen.
-    """
+def start(cmd: Sequence[str], cwd: str | Path, log_path: str | Path, env: dict | None = None) -> subprocess.Popen:
+    """Start cmd in its own process group, tied to this process (stdout piped for the ready line, stderr to log_path)."""
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            list(cmd),
+            tied_to_parent(cmd),
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -71,7 +63,6 @@ def start(
             stdin=subprocess.DEVNULL,
             text=True,
             start_new_session=True,
-            preexec_fn=die_with_parent if tie_to_parent else None,
         )
 
 

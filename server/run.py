@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from broker.errors import BrokerError
-from broker.process import die_with_parent, ready_line
+from broker.process import ready_line, tied_to_parent
 from broker.pubsub import Topology, broker_session, ensure_topology
 from configs import from_args
 from server import metrics
@@ -136,7 +136,7 @@ def run_replicas(n: int, holder: dict, metrics_port: int = 0) -> int:
         cmd = [sys.executable, "-m", module, *argv, "--replicas", "1"]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port + i)]
-        children.append(subprocess.Popen(cmd, env=os.environ.copy(), preexec_fn=die_with_parent))
+        children.append(subprocess.Popen(tied_to_parent(cmd), env=os.environ.copy()))
     holder["children"] = children
     log.info(
         "started %d replicas: pids %s%s",

@@ -4,7 +4,7 @@ Pub/Sub is at-least-once, so results are deduplicated by request id and the
 duplicates counted. Labels never travel: the ground truth is joined here, by the
 image index encoded in the request id (`<run_id>-<index>`).
 
-Progress can survive the process (issue: collector restart): with a state file,
+Progress can survive the process (a restarted collector): with a state file,
 received results are written to it *before* their messages are acked, so a
 restarted collector resumes from the file plus whatever Pub/Sub redelivers.
 """

@@ -11,23 +11,30 @@ from broker import wire
 from broker.pubsub import Publisher, PublishSettings, Puller, Topology, broker_session, ensure_topology
 from streamer.stream import request_for
 from streamer.supervise import RunError, managed_server, server_flags
-from train.data import FASHION_MNIST_CLASSES, load_fashion_mnist, load_image
+from train.checkpoint import DEFAULT_MODEL_DIR, load_metadata
+from train.data import load_fashion_mnist, load_image
 
 
 def run_single(args, config) -> int:
-    """Send one image through the broker and print its predicted label and confidence."""
+    """Send one image through the broker and print its predicted label and confidence.
+
+    The picture's shape and the class names come from the model's metadata.json, as everywhere else.
+    """
+    meta = load_metadata(config.model_dir or DEFAULT_MODEL_DIR)
     if args.image:
         payload = Path(args.image).read_bytes() if Path(args.image).is_file() else None
         if payload is None:
             raise RunError(f"{args.image}: file not found")
-        load_image(payload, (28, 28, 1))  # fail here, clearly, on a non-image
+        load_image(payload, tuple(meta["input_shape"]))  # fail here, clearly, on a non-image
         content_type = wire.JPEG if payload[:2] == b"\xff\xd8" else wire.PNG
         truth = None
     else:
         test = load_fashion_mnist("test")
         if not 0 <= args.index < len(test):
             raise RunError(f"--index {args.index} is outside the test set (0..{len(test) - 1})")
-        payload, content_type, truth = test.images[args.index], wire.RAW, FASHION_MNIST_CLASSES[test.labels[args.index]]
+        if tuple(test.images.shape[1:]) != tuple(meta["input_shape"]):
+            raise RunError(f"--index takes a Fashion-MNIST test image; the model takes {meta['input_shape']} pictures")
+        payload, content_type, truth = test.images[args.index], wire.RAW, meta["class_names"][test.labels[args.index]]
     run_id = uuid.uuid4().hex[:8]
     with broker_session(config.broker.project or None) as project:
         topo = Topology.from_names(project, config.broker, args.topic_suffix)

@@ -48,7 +48,7 @@ def managed_server(
         if value:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{os.getpid()}.log"
-    proc = process.start(cmd, REPO, log_path, tie_to_parent=True)
+    proc = process.start(cmd, REPO, log_path)
     ready = process.ReadyWatcher(proc, log_path)
     try:
         try:

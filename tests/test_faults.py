@@ -1,4 +1,4 @@
-"""Fault tests (issue 6) against Google's real Pub/Sub emulator; the figures are in docs/reliability.md.
+"""Fault tests against Google's real Pub/Sub emulator; the figures are in docs/reliability.md.
 
 Each test that measures something prints one `FIGURES ...` line: run with -s to see them.
 Some sizes are scaled down from the full 10,000-image run to keep the suite within its

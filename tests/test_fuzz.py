@@ -99,30 +99,60 @@ RESULTISH = st.fixed_dictionaries(
 @FUZZ
 @given(body=st.one_of(JSON, st.fixed_dictionaries({"model": JSON, "results": st.lists(RESULTISH | JSON, max_size=5)})))
 def test_results_topic_garbage_is_refused_with_the_wires_error(body):
-    """What the collector does with a message: decode it, then check each result; nothing else may escape."""
+    """What the collector does with a message: decode it, then check each result; nothing else may escape,
+    and whatever passes holds the contract (docs/wire.md), checked here independently of check_result."""
+    text = json.dumps(body).encode()  # stdlib: it writes any int, and NaN/Infinity, which JSON has not
     try:
-        _, results = wire.decode_results(json.dumps(body).encode())  # stdlib: it writes any int
-    except wire.WireError:
+        model, results = wire.decode_results(text)
+    except wire.WireError as err:
+        assert err.reason == "bad_result"
+        valid = isinstance(body, dict) and isinstance(body.get("model"), str) and isinstance(body.get("results"), list)
+        assert not valid or b"NaN" in text or b"Infinity" in text
         return
+    assert model == body["model"] and results == body["results"]
     for result in results:
         try:
             checked = wire.check_result(result, num_classes=10)
-        except wire.WireError:
+        except wire.WireError as err:
+            assert err.reason == "bad_result"
             continue
-        assert isinstance(checked, dict)
+        assert checked is result
+        assert isinstance(checked.get("request_id"), str | None) and isinstance(checked.get("stream", ""), str)
+        for key in ("seq", "sent_ns"):
+            value = checked.get(key)
+            assert value is None or (type(value) is int and 0 <= value <= wire.MAX_UINT)
+        if "error" in checked:
+            assert isinstance(checked["error"], str)
+            continue
+        assert type(checked["label"]) is int and 0 <= checked["label"] < 10
+        assert type(checked["confidence"]) in (int, float) and 0.0 <= checked["confidence"] <= 1.0
+        assert all(type(v) in (int, float) for v in checked.get("timing", {}).values())
 
 
 @FUZZ
-@given(raw=st.binary(max_size=500))
+@given(raw=st.binary(max_size=500) | st.builds(lambda b: json.dumps(b).encode(), JSON))
 def test_results_topic_bytes_are_refused_with_the_wires_error(raw):
+    """Any bytes: a result message exactly when they are a JSON object with a model string and a results list."""
     try:
-        wire.decode_results(raw)
-    except wire.WireError:
-        pass
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    valid = (
+        isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and isinstance(parsed.get("results"), list)
+    )
+    try:
+        model, results = wire.decode_results(raw)
+    except wire.WireError as err:
+        assert err.reason == "bad_result"
+        # The stdlib also reads NaN and Infinity, which JSON (and the wire) does not have.
+        assert not valid or any(word in raw for word in (b"NaN", b"Infinity"))
+        return
+    assert valid, raw
+    assert model == parsed["model"] and len(results) == len(parsed["results"])
 
 
 def test_out_of_range_integers_are_a_bad_attribute_not_an_encoding_failure():
-    """The defect of issue 10: 20 digits passed validation, then broke JSON encoding for the whole batch."""
+    """A defect once shipped: 20 digits passed validation, then broke JSON encoding for the whole batch."""
     attrs = {"request_id": "big-seq", "content_type": wire.RAW, "shape": "28,28,1", "seq": "9" * 20, "sent_ns": "1"}
     try:
         wire.check_request(b"\0" * 784, attrs)

@@ -1,4 +1,4 @@
-"""Operations (issue 6): a server's Prometheus endpoint, scraped after a small known run, and its log format.
+"""Operations: a server's Prometheus endpoint, scraped after a small known run, and its log format.
 
 One server (module scope) gets 50 good and 5 bad requests on a fresh topology against Google's
 real Pub/Sub emulator; every test below checks one part of the scrape against what was sent.

@@ -1,4 +1,4 @@
-"""Security guards (issue 6): no unsafe deserialisation, bounded decoding, hostile attributes.
+"""Security guards: no unsafe deserialisation, bounded decoding, hostile attributes.
 
 The server-level test runs against Google's real Pub/Sub emulator; the rest are static or
 in-process checks. docs/reliability.md lists what each one covers.

@@ -177,7 +177,7 @@ def test_a_message_nacked_past_the_attempt_limit_does_not_brick_the_emulator(top
 
 @pytest.mark.timeout(120)
 def test_a_20_digit_seq_costs_only_its_own_request(topology, start_server, model_dir, test_images):
-    """Issue 10's defect, as a user met it: one REST publish of two requests on two streams.
+    """A defect once shipped, as a user met it: one REST publish of two requests on two streams.
 
     `big-seq` carries seq = 20 digits (past int64); `ok-1` is valid. Before, the result JSON failed
     to encode for the whole batch, the batch was nacked five times and the server exited.

@@ -34,7 +34,7 @@ class ConvBlock(nnx.Module):
             x = nnx.relu(norm(conv(x)))
         # Both give the same values. XLA's CPU backward of max_pool (select-and-scatter) is slow:
         # a (32, 64, 128) training step took 228 ms with it and 188 ms with the reshape, while
-        # serving is faster with max_pool (6,567 vs 6,015 img/s at batch 256, 2026-11-25).
+        # serving is faster with max_pool (6,567 vs 6,015 img/s at batch 256 on an AVX-512 machine).
         x = nnx.max_pool(x, (2, 2), strides=(2, 2)) if self.dropout.deterministic else max_pool_2x2(x)
         return self.dropout(x)
 
