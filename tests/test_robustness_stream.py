@@ -150,6 +150,27 @@ def test_robustness_and_slices_sections_of_two_models(tmp_path):
     assert sum(row["n"] for row in paired) == len(b.answers)  # the requests both models answered
 
 
+def test_slices_of_a_plain_run_add_up_and_name_what_the_csv_left_out():
+    n = 50
+    run = RunResult(
+        run=RunInfo(run_id="plain"),
+        model=ModelIdentity("m", ("m",)),
+        dataset=DatasetIdentity("toy", "e" * 64, n),
+        class_names=tuple(str(i) for i in range(10)),
+        answers=Answers.of(
+            np.arange(n), [str(i) for i in range(n)], np.arange(n) % 10, np.arange(n) % 7, np.full(n, 0.8)
+        ),
+        counters=Counters(sent=n),
+    )
+    part = slices_part(run, None, {"light": {str(i): "day" if i % 3 else "night" for i in range(40)}})
+    rows = {row["value"]: row for row in part.figures["columns"]["light"]}
+    assert list(part.figures["columns"]) == ["light"]
+    assert {k: v["n"] for k, v in rows.items()} == {"day": 26, "night": 14, NOT_IN_CSV: 10}
+    day = [i for i in range(40) if i % 3]
+    assert rows["day"]["correct"] == sum(i % 10 == i % 7 for i in day)
+    assert robustness_part(run) is None
+
+
 def test_a_cell_too_small_to_judge_says_so():
     small = robustness_run({(CLEAN, 0): [1] * 19 + [0], ("fog", 1): [1] * 10 + [0] * 10}, "a" * 16)
     part = robustness_part(small)
