@@ -331,9 +331,13 @@ def show_report(path: str | Path | None = None, reports_dir: str | Path = "repor
 
     Raises results.run.ReportError (one line) for a report.json this version cannot read.
     """
+    from streamer.robustness_report import robustness_part
+
     report_json = _resolve_report_json(path, reports_dir)
     runs = run_json.load(report_json)
-    return render_terminal(runs[0], report_json.parent, runs[1] if len(runs) > 1 else None)
+    text = render_terminal(runs[0], report_json.parent, runs[1] if len(runs) > 1 else None)
+    robust = robustness_part(*runs)  # a robustness run's lines, from its saved predictions
+    return text + "\n" + "\n".join(robust.terminal) if robust else text
 
 
 def diff_reports(path_a: str | Path, path_b: str | Path, reports_dir: str | Path = "reports") -> tuple[str, Path]:

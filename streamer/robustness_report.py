@@ -76,12 +76,12 @@ def _judged_note(entry: dict) -> str:
 
 
 def _difference_note(row: dict) -> str:
-    lo, hi = row["difference_interval"]
-    if (hi - lo) / 2 > JUDGED_HALF_WIDTH:
-        return TOO_WIDE
+    """A difference shown (Holm-corrected) is a verdict however wide its interval; otherwise a wide interval
+    means the images were too few to tell, a narrow one that there is no difference of that size."""
     if row["significant"]:
         return f"model {'B' if row['difference'] > 0 else 'A'} better (Holm p {row['p_holm']:.2g})"
-    return "no difference shown"
+    lo, hi = row["difference_interval"]
+    return TOO_WIDE if (hi - lo) / 2 > JUDGED_HALF_WIDTH else "no difference shown"
 
 
 # ------------------------------------------------------------------ robustness

@@ -21,7 +21,7 @@ def _pyplot():
 def plot_heatmap(path: str | Path, figures: dict, title: str = "") -> Path:
     """Accuracy per corruption (rows) x severity (columns), with the clean accuracy (on the same images) and
     each row's mean beside it; each cell is annotated with its accuracy in percent and, below it, its 95%
-    interval. A cell whose interval is too wide to judge (figures' "judged") is written in gray italics."""
+    interval. A cell whose interval is too wide to judge (figures' "judged") is written in italics."""
     plt = _pyplot()
     names = list(figures["corruptions"])
     severities = sorted({c["severity"] for c in figures["cells"]})
@@ -43,7 +43,7 @@ def plot_heatmap(path: str | Path, figures: dict, title: str = "") -> Path:
     for (i, j), value in np.ndenumerate(grid):
         if np.isnan(value):
             continue
-        style = {"color": "dimgray", "style": "italic"} if (i, j) in unjudged else {}
+        style = {"style": "italic"} if (i, j) in unjudged else {}
         ax.text(j, i - 0.12, f"{100 * value:.1f}", ha="center", va="center", fontsize=8, **style)
         if intervals.get((i, j)):
             lo, hi = intervals[(i, j)]
@@ -56,7 +56,7 @@ def plot_heatmap(path: str | Path, figures: dict, title: str = "") -> Path:
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="accuracy (%)")
     n = figures["per_cell"]
     title = title or f"accuracy per corruption and severity ({n} images per cell, same images in each)"
-    note = "small numbers: 95% interval" + ("; gray italics: too few images to judge" if unjudged else "")
+    note = "small numbers: 95% interval" + ("; italics: too few images to judge" if unjudged else "")
     ax.set_title("\n".join(textwrap.wrap(title, 70) + [note]), pad=24, fontsize=9)
     fig.tight_layout()
     path = Path(path)
@@ -95,7 +95,7 @@ def plot_gallery(
     for j, label in enumerate(["clean", *[f"sev {s}" for s in severities]]):
         axes[0, j].set_title(label, fontsize=9)
     fig.suptitle(title or "one source image under every corruption and severity", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # 0.3 inch for the title above the columns
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
