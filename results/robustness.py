@@ -357,12 +357,15 @@ def outcomes_of(*runs: RunResult) -> list[RunOutcomes] | None:
         full = {source for source, got in seen.items() if got == all_cells}
         complete = full if complete is None else complete & full
     everyone = set.union(*({source for source, _, _ in cells} for cells in parsed))
+    # IDX sources are indices: as numbers they sort as the offline evaluation's do, so the bootstrap draws
+    # the same images and the intervals are the offline ones too (a folder's class/file ids stay text).
+    numeric = all(source.isdigit() for source in everyone)
     out = []
     for r, cells in zip(runs, parsed):
         keep = np.array([source in complete for source, _, _ in cells], bool)
         a = r.answers
         outcomes = Outcomes.from_predictions(
-            source=[source for (source, _, _), k in zip(cells, keep) if k],
+            source=[int(source) if numeric else source for (source, _, _), k in zip(cells, keep) if k],
             corruption=[c for (_, c, _), k in zip(cells, keep) if k],
             severity=[s for (_, _, s), k in zip(cells, keep) if k],
             labels=a.label[keep],
