@@ -81,7 +81,7 @@ def _difference_note(row: dict) -> str:
     if row["significant"]:
         return f"model {'B' if row['difference'] > 0 else 'A'} better (Holm p {row['p_holm']:.2g})"
     lo, hi = row["difference_interval"]
-    return TOO_WIDE if (hi - lo) / 2 > JUDGED_HALF_WIDTH else "no difference shown"
+    return TOO_WIDE if (hi - lo) / 2 > JUDGED_HALF_WIDTH else f"no difference shown (Holm p {row['p_holm']:.2g})"
 
 
 # ------------------------------------------------------------------ robustness
