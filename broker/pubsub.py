@@ -388,13 +388,17 @@ class BulkPublisher:
 # ------------------------------------------------------------ unary pulling
 @dataclasses.dataclass(slots=True)
 class Received:
-    """One pulled message. `attributes` is the raw protobuf map (read-only use)."""
+    """One pulled message. `attributes` is the raw protobuf map (read-only use).
+
+    `publish_ns`: when the broker received it (its publish_time, UNIX ns; milliseconds on the emulator), 0 if unknown.
+    """
 
     ack_id: str
     data: bytes
     attributes: Mapping[str, str]
     message_id: str
     ordering_key: str
+    publish_ns: int = 0
 
 
 class Puller:
@@ -441,10 +445,11 @@ class Puller:
                 return [
                     Received(
                         m.ack_id,
-                        m.message.data,
-                        m.message.attributes,
-                        m.message.message_id,
-                        m.message.ordering_key,
+                        (message := m.message).data,
+                        message.attributes,
+                        message.message_id,
+                        message.ordering_key,
+                        message.publish_time.seconds * 1_000_000_000 + message.publish_time.nanos,
                     )
                     for m in received
                 ]

@@ -51,6 +51,11 @@ def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
     )
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = from_args(args, "stream.py")
+    try:
+        ServerSettings.from_config(config)  # a config file's bad batching setting: one line, before any broker work
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     holder: dict = {}
 
     def on_signal(signum, _frame):

@@ -3,8 +3,9 @@
 Threads:
   pullers (N)  unary-pull up to `pull_max_messages` at a time into the batch queue,
                bounded by `max_outstanding` (flow control on pulled-but-unacked);
-  compute (1)  the dynamic batcher, decode and the jitted model; publishes one result
-               message per (batch, stream) with the stream as ordering key;
+  compute (1)  the dynamic batcher (its policy, fixed or adaptive, is server/batching.py),
+               decode and the jitted model; publishes one result message per (batch, stream)
+               with the stream as ordering key;
   acker   (1)  acks a request only after its result publish succeeded (nack on failure),
                in batched acknowledge calls;
   leases, reporter (1 each)  lease extension for slow work, a periodic log line.
@@ -33,6 +34,7 @@ from broker import wire
 from broker.errors import BrokerDenied, BrokerError
 from broker.pubsub import Publisher, PublishSettings, Puller, Received, Topology
 from server import metrics
+from server.batching import POLICIES, make_policy
 from train.data import DatasetError, load_image
 from train.model import top_k
 from train.predictor import Predictor
@@ -47,6 +49,8 @@ class ServerSettings:
     max_batch_size: int
     max_wait_ms: float
     buckets: tuple[int, ...]
+    batching: str
+    latency_slo_ms: float
     pull_max_messages: int
     pull_threads: int
     max_outstanding: int
@@ -68,6 +72,10 @@ class ServerSettings:
     def __post_init__(self):
         buckets = tuple(sorted(set(self.buckets) | {self.max_batch_size}))
         object.__setattr__(self, "buckets", tuple(b for b in buckets if b <= self.max_batch_size))
+        if self.batching not in POLICIES:
+            raise ValueError(f"server.batching = {self.batching!r} is not allowed: use one of {', '.join(POLICIES)}")
+        if not self.latency_slo_ms > 0:
+            raise ValueError(f"server.latency_slo_ms = {self.latency_slo_ms!r} is not allowed: use a number > 0")
 
 
 class BucketedModel:
@@ -114,6 +122,14 @@ class Pending:
     pulled: float  # time.monotonic() when pulled
 
 
+@dataclasses.dataclass(slots=True)
+class Formed:
+    """How the batcher formed the batch in hand (read by handle_batch for the timing and the policy)."""
+
+    wait_s: float = 0.0  # held with the compute thread free, waiting for more requests
+    queued: int = 0  # requests waiting when it was taken, itself included
+
+
 class InferenceServer:
     """Serves `model` (a BucketedModel, or anything with its interface) on one topology."""
 
@@ -134,9 +150,14 @@ class InferenceServer:
         self.acker = Acker(self.puller, on_settled=self.release)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.window = collections.deque(maxlen=100_000)  # (t_done, n, in-server seconds) for the log line
+        self.policy = make_policy(settings.batching, settings.buckets, settings.max_wait_ms, settings.latency_slo_ms)
+        self.formed = Formed()
         metrics.MODEL.info(
             {"digest": self.model.identity, "dataset": str(self.model.meta.get("dataset")), "pid": str(os.getpid())}
         )
+        metrics.BATCHING.info({"policy": settings.batching})
+        metrics.LATENCY_SLO.set(settings.latency_slo_ms / 1000)
+        metrics.BATCH_LIMIT.set(self.policy.limit)
 
     # ------------------------------------------------------------- 1. pull
     def pull_loop(self) -> None:
@@ -148,6 +169,7 @@ class InferenceServer:
                 time.sleep(0.002)
                 continue
             try:
+                asked = time.monotonic()
                 msgs = self.puller.pull(max_messages=min(room, s.pull_max_messages), timeout=0.5)
                 failing_since = None
             except BrokerDenied as err:  # no permission, or the subscription is gone: retrying cannot help
@@ -171,44 +193,77 @@ class InferenceServer:
                     self.acker.nack_now([m.ack_id for m in msgs], "shutdown")
                     return
                 self.queue.extend(Pending(m, now) for m in msgs)
+                self.policy.arrived(len(msgs), now)
                 self.cond.notify()
             metrics.REQUESTS.inc(len(msgs))
+            metrics.PULL.observe(now - asked)
+            metrics.PULL_SIZE.observe(len(msgs))
 
     # ------------------------------------------------------------ 2. batch
     def next_batch(self) -> list[Pending] | None:
-        """Up to max_batch_size requests, once full or once the oldest waited max_wait_ms."""
-        s = self.settings
+        """The next batch, as the policy plans it (server/batching.py); None once stopping.
+
+        Sets self.formed: how long the batch was held with the compute thread free, and how
+        many requests were waiting when it was taken.
+        """
+        policy = self.policy
         with self.cond:
+            free = time.monotonic()
+            backlog = bool(self.queue)  # requests were waiting when the last batch ended
             while not self.queue:
                 if self.stopping.is_set():
                     return None
                 self.cond.wait(0.05)
-            deadline = self.queue[0].pulled + s.max_wait_ms / 1000
-            while len(self.queue) < s.max_batch_size and not self.stopping.is_set():
+            now = time.monotonic()
+            plan = policy.plan(len(self.queue), now - self.queue[0].pulled, backlog, now)
+            deadline = now + plan.wait_s
+            while len(self.queue) < plan.fill and not self.stopping.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self.cond.wait(remaining)
             if self.stopping.is_set():
                 return None  # not started: nacked at shutdown so another replica takes it
-            return [self.queue.popleft() for _ in range(min(len(self.queue), s.max_batch_size))]
+            queued = len(self.queue)
+            batch = [self.queue.popleft() for _ in range(min(queued, plan.limit))]
+        self.formed = Formed(max(0.0, time.monotonic() - max(free, batch[0].pulled)), queued)
+        metrics.QUEUE_DEPTH.observe(queued)
+        metrics.BATCH_WAIT.observe(self.formed.wait_s)
+        return batch
 
     def handle_batch(self, batch: list[Pending]) -> None:
         """decode → infer → publish for one batch; every request ends with exactly one result."""
         started = time.monotonic()
         results: list[wire.Prediction | wire.ErrorResult | None] = [None] * len(batch)
         good, images = self.decode(batch, results)
+        decoded = time.monotonic()
         if good:
-            self.infer(batch, good, images, results, started)
+            self.infer(batch, good, images, results, started, decoded)
         computed = time.monotonic()
         self.publish(batch, results)
         done = time.monotonic()
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.COMPUTE.observe(computed - started)
+        metrics.DECODE.observe(decoded - started)
         for p in batch:
             metrics.QUEUE_WAIT.observe(started - p.pulled)
             metrics.IN_SERVER.observe(done - p.pulled)
         self.window.append((done, len(batch), done - batch[0].pulled))
+        if not good:
+            return  # no model call: nothing for the policy to learn
+        bucket = self.bucket_for(len(good))
+        metrics.BATCHES.labels(str(bucket)).inc()
+        with self.cond:  # the policy's state is shared with the pullers' arrivals
+            moved = self.policy.done(len(batch), bucket, done - started, self.formed.queued, done)
+        if self.settings.batching == "adaptive":
+            metrics.BATCH_COST.labels(str(bucket)).set(self.policy.estimate(bucket))
+        if moved:
+            metrics.BATCH_LIMIT.set(self.policy.limit)
+            metrics.LIMIT_CHANGES.labels(moved).inc()
+
+    def bucket_for(self, n: int) -> int:
+        """The compiled batch size a batch of n runs in (the model pads to it)."""
+        return next((b for b in self.settings.buckets if b >= n), self.settings.buckets[-1])
 
     # ----------------------------------------------------------- 3. decode
     def decode(self, batch: list[Pending], results: list) -> tuple[list[tuple[int, wire.Request]], np.ndarray | None]:
@@ -239,24 +294,49 @@ class InferenceServer:
         return good, images
 
     # ------------------------------------------------------------ 4. infer
-    def infer(self, batch: list[Pending], good: list, images: np.ndarray, results: list, started: float) -> None:
+    def infer(
+        self, batch: list[Pending], good: list, images: np.ndarray, results: list, started: float, decoded: float
+    ) -> None:
         """Run the model and fill in predictions; a failing model call is split to find its cause."""
         probs = self.run_model(images)
-        compute_ms = round((time.monotonic() - started) * 1000, 3)
+        computed = time.monotonic()
+        metrics.MODEL_TIME.observe(computed - decoded)
         names = self.model.class_names
         failed = np.isnan(probs[:, 0]).tolist()  # rows the model failed on (see run_model)
         labels, confidences = top_k(np.nan_to_num(probs, nan=-1.0), self.settings.top_k)
         labels, confidences = labels.tolist(), confidences.tolist()
+        timings = self.timings(batch, good, started, decoded, computed)
         for row, (i, request) in enumerate(good):
             if failed[row]:
                 results[i] = self.error_for(batch[i].msg, wire.WireError("internal_error", "the model failed on it"))
                 continue
-            timing = {
-                "queue_ms": round((started - batch[i].pulled) * 1000, 3),
-                "compute_ms": compute_ms,
-                "batch_size": len(batch),
-            }
-            results[i] = wire.Prediction.answer(request, names, labels[row], confidences[row], timing)
+            results[i] = wire.Prediction.answer(request, names, labels[row], confidences[row], timings[row])
+
+    def timings(self, batch: list[Pending], good: list, started: float, decoded: float, computed: float) -> list[dict]:
+        """Each good request's `timing` (docs/wire.md), computed per batch with numpy, not per request.
+
+        broker_ms and send_ms come from the request's publish time, the broker's clock (ms resolution
+        on the emulator), against this machine's clock: they are left out where it is unknown.
+        """
+        offset_ns = time.time_ns() - time.monotonic_ns()  # wall clock = monotonic + offset
+        n = len(good)
+        pulled = np.fromiter((batch[i].pulled for i, _ in good), np.float64, n)
+        published_ns = np.fromiter((batch[i].msg.publish_ns for i, _ in good), np.int64, n)
+        sent_ns = np.fromiter((request.sent_ns for _, request in good), np.int64, n)
+        published = (published_ns - offset_ns) / 1e9  # the publish time on the monotonic clock
+        columns = {"queue_ms": (started - pulled) * 1000}
+        known = published_ns > 0
+        columns["broker_ms"] = np.where(known, (pulled - published) * 1000, np.nan)
+        columns["send_ms"] = np.where(known & (sent_ns > 0), (published_ns - sent_ns) / 1e6, np.nan)
+        shared = {
+            "compute_ms": round((computed - started) * 1000, 3),
+            "batch_size": len(batch),
+            "batch_wait_ms": round(self.formed.wait_s * 1000, 3),
+            "decode_ms": round((decoded - started) * 1000, 3),
+            "model_ms": round((computed - decoded) * 1000, 3),
+            "bucket": self.bucket_for(n),
+        }
+        return timing_rows(shared, columns)
 
     def run_model(self, images: np.ndarray) -> np.ndarray:
         """Probabilities per image; rows whose images make the model fail are NaN (found by halving)."""
@@ -283,13 +363,14 @@ class InferenceServer:
             entry[1].append(p.msg.ack_id)
         for (stream, *_), (group, ack_ids) in groups.items():
             data, attributes = wire.encode_results(group, self.model.identity, self.replica)
+            called = time.monotonic()
             try:
                 future = self.publisher.publish(data, stream, **attributes)
             except Exception as err:  # e.g. publisher stopped: let the requests be redelivered
                 log.error("could not publish results for stream %s: %s", stream, err)
                 self.acker.nack_now(ack_ids, "publish_failed")
                 continue
-            self.acker.track(future, ack_ids)
+            self.acker.track(future, ack_ids, called)
 
     def error_for(self, msg: Received, err: Exception) -> wire.ErrorResult:
         if not isinstance(err, wire.WireError):
@@ -312,6 +393,14 @@ class InferenceServer:
         """Run until stop(); returns the exit code (0 after a clean drain)."""
         warm = self.model.warm_up()
         log.info("warm-up compiled buckets %s in %.2fs", list(self.model.buckets), warm)
+        if self.settings.batching == "adaptive":
+            self.policy.seed(self.time_buckets())
+            metrics.BATCH_LIMIT.set(self.policy.limit)
+            log.info(
+                "adaptive batching: objective %.0f ms, batch limit starts at %d",
+                self.settings.latency_slo_ms,
+                self.policy.limit,
+            )
         threads = [
             threading.Thread(target=self.pull_loop, name=f"puller-{i}", daemon=True)
             for i in range(self.settings.pull_threads)
@@ -335,6 +424,16 @@ class InferenceServer:
                 except Exception:
                     self.acker.nack_now([p.msg.ack_id for p in batch], "batch_failed")
         return self.drain(threads)
+
+    def time_buckets(self) -> dict[int, float]:
+        """Seconds of one model call per bucket, measured once after warm-up: the adaptive policy's first estimates."""
+        costs = {}
+        for size in self.settings.buckets:
+            images = np.zeros((size, *self.model.input_shape), np.uint8)
+            started = time.perf_counter()
+            self.model(images)
+            costs[size] = time.perf_counter() - started
+        return costs
 
     def fail(self, reason: str) -> None:
         if self.fatal is None:
@@ -369,10 +468,12 @@ class InferenceServer:
             n = sum(w[1] for w in recent)
             lat = np.array([w[2] for w in recent]) * 1000
             log.info(
-                "throughput %.0f req/s, %d batches, mean batch %.1f, in-server p50 %.1f ms p99 %.1f ms, outstanding %d",
+                "throughput %.0f req/s, %d batches, mean batch %.1f (limit %d), in-server p50 %.1f ms p99 %.1f ms, "
+                "outstanding %d",
                 n / self.settings.log_interval_s,
                 len(recent),
                 n / len(recent),
+                self.policy.limit,
                 np.percentile(lat, 50),
                 np.percentile(lat, 99),
                 len(self.leases),
@@ -401,6 +502,24 @@ class InferenceServer:
         return 1 if self.fatal or not settled else 0
 
 
+def timing_rows(shared: dict, columns: dict[str, np.ndarray]) -> list[dict]:
+    """One timing dict per row: `shared` plus each column's value, rounded to µs; NaN means "left out".
+
+    A column known for every row costs one zip per row; only a column with gaps (a request
+    without sent_ns, say) is filled in row by row.
+    """
+    rounded = {name: np.round(values, 3) for name, values in columns.items()}
+    full = {name: values.tolist() for name, values in rounded.items() if not np.isnan(values).any()}
+    names = list(full)
+    rows = [{**dict(zip(names, values)), **shared} for values in zip(*full.values())]
+    for name, values in rounded.items():
+        if name not in full:
+            for row, value in zip(rows, values.tolist()):
+                if value == value:  # not NaN
+                    row[name] = value
+    return rows
+
+
 def decode_image(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """A PNG/JPEG request's pixels, or WireError('undecodable_image')."""
     try:
@@ -412,7 +531,9 @@ def decode_image(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
 class Acker(threading.Thread):
     """Acks after publish success, nacks after failure; batches the acknowledge RPCs.
 
-    `on_settled(ack_ids)` is told about every ack id once it was acked or nacked.
+    `on_settled(ack_ids)` is told about every ack id once it was acked or nacked. It also times
+    the return path the results cannot carry: publish call to publish done, and publish done to
+    ack sent (icc_publish_seconds, icc_ack_seconds).
     """
 
     def __init__(self, puller: Puller, on_settled: Callable[[list[str]], None], flush_s: float = 0.01):
@@ -421,13 +542,15 @@ class Acker(threading.Thread):
         self.lock = threading.Condition()
         self.to_ack: list[str] = []
         self.to_nack: list[str] = []
+        self.published: list[float] = []  # when each result message now in to_ack finished publishing
         self.in_flight = 0
         self.closing = False
 
-    def track(self, future: Future, ack_ids: list[str]) -> None:
+    def track(self, future: Future, ack_ids: list[str], called: float) -> None:
+        """Ack `ack_ids` once `future` (their results' publish, called at `called`) succeeds; nack if it fails."""
         with self.lock:
             self.in_flight += 1
-        future.add_done_callback(lambda f: self._done(f, ack_ids))
+        future.add_done_callback(lambda f: self._done(f, ack_ids, called))
 
     def nack_now(self, ack_ids: list[str], reason: str) -> None:
         metrics.NACKS.labels(reason).inc(len(ack_ids))
@@ -435,15 +558,20 @@ class Acker(threading.Thread):
             self.to_nack.extend(ack_ids)
             self.lock.notify()
 
-    def _done(self, future: Future, ack_ids: list[str]) -> None:
+    def _done(self, future: Future, ack_ids: list[str], called: float) -> None:
+        now = time.monotonic()
         failed = future.exception() is not None
         if failed:
             log.warning(
                 "result publish failed (%s); nacking %d requests for redelivery", future.exception(), len(ack_ids)
             )
             metrics.NACKS.labels("publish_failed").inc(len(ack_ids))
+        else:
+            metrics.PUBLISH.observe(now - called)
         with self.lock:
             (self.to_nack if failed else self.to_ack).extend(ack_ids)
+            if not failed:
+                self.published.append(now)
             self.in_flight -= 1
             self.lock.notify()
 
@@ -451,13 +579,16 @@ class Acker(threading.Thread):
         while True:
             with self.lock:
                 self.lock.wait_for(lambda: self.to_ack or self.to_nack or self.closing, timeout=self.flush_s)
-                acks, nacks = self.to_ack, self.to_nack
-                self.to_ack, self.to_nack = [], []
+                acks, nacks, published = self.to_ack, self.to_nack, self.published
+                self.to_ack, self.to_nack, self.published = [], [], []
                 done = self.closing and self.in_flight == 0 and not acks and not nacks
             if done:
                 return
             if self._send(acks, self.puller.ack, "ack"):
                 metrics.RESULTS.inc(len(acks))
+                acked = time.monotonic()
+                for t in published:
+                    metrics.ACK.observe(acked - t)
             self._send(nacks, self.puller.nack, "nack")
             self.on_settled(acks + nacks)
 

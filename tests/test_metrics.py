@@ -136,6 +136,31 @@ def test_model_identity_is_exposed(run):
     assert scrape.value("icc_model_info") == 1
 
 
+@pytest.mark.timeout(120)
+def test_stages_and_the_batching_policy_are_exposed(run):
+    from configs import load_config
+
+    scrape, results, *_ = run
+    server = load_config(None, "stream.py").server
+    batches = scrape.value("icc_batch_size_count")
+    (policy,) = scrape.labels("icc_batching_info")
+    assert policy == {"policy": server.batching}
+    assert scrape.value("icc_latency_slo_seconds") == server.latency_slo_ms / 1000
+    assert scrape.value("icc_batch_limit") in server.buckets
+    # Every batch: its queue depth and batching wait; every batch with a good request: a model call in one bucket.
+    assert scrape.value("icc_queue_depth_count") == scrape.value("icc_batch_wait_seconds_count") == batches
+    assert scrape.value("icc_decode_seconds_count") == batches
+    by_bucket = {
+        labels["bucket"]: scrape.value("icc_batches_total", **labels) for labels in scrape.labels("icc_batches_total")
+    }
+    assert {int(b) for b in by_bucket} <= set(server.buckets)
+    assert 1 <= sum(by_bucket.values()) == scrape.value("icc_model_seconds_count") <= batches
+    assert {r["timing"]["bucket"] for r in results if "timing" in r} <= {int(b) for b in by_bucket}
+    assert scrape.value("icc_pull_messages_sum") == scrape.value("icc_requests_total")  # every pulled one, once
+    # Every result message was published, then its requests acked: one observation of each per message.
+    assert scrape.value("icc_publish_seconds_count") == scrape.value("icc_ack_seconds_count") >= 1
+
+
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+\[\d+\]: \S")
 
 

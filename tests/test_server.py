@@ -26,7 +26,15 @@ def test_single_round_trip(topology, start_server, test_images):
     assert r["request_id"] == "one-0" and r["stream"] == "0" and r["seq"] == 0
     assert 0 <= r["label"] < 10 and r["class_name"] == test_images.class_names[r["label"]]
     assert 0 < r["confidence"] <= 1 and len(r["top_k"]) == 3 and r["top_k"][0][0] == r["label"]
-    assert set(r["timing"]) == {"queue_ms", "compute_ms", "batch_size"}
+    assert set(r["timing"]) == {
+        *("queue_ms", "compute_ms", "batch_size"),  # since wire v1's first server
+        *("broker_ms", "send_ms", "batch_wait_ms", "decode_ms", "model_ms", "bucket"),  # the stage breakdown
+    }
+    t = r["timing"]
+    assert t["compute_ms"] >= t["model_ms"] > 0 and t["decode_ms"] >= 0 and t["queue_ms"] >= t["batch_wait_ms"] >= 0
+    assert t["bucket"] >= t["batch_size"] == 1
+    # The broker's clock (publish_time, ms on the emulator) against this machine's: within a millisecond.
+    assert t["broker_ms"] > -1 and t["send_ms"] > -1
     assert bodies[0]["model"] and bodies[0]["replica"]
 
 
@@ -40,7 +48,7 @@ def test_png_request_is_decoded(topology, start_server, test_images):
 
 
 def test_burst_forms_padded_batches(topology, start_server, test_images):
-    server = start_server("--max-wait-ms", "20")
+    server = start_server("--batching", "fixed", "--max-wait-ms", "20")  # the adaptive policy: test_batching.py
     ids = publish_images(topology, test_images.images[:600], run_id="burst")
     results, bodies = collect_results(topology, 600, timeout=60)
     assert sorted(r["request_id"] for r in results) == sorted(ids)
