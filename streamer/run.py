@@ -26,7 +26,7 @@ from results import metrics
 from results.compare import offline_check
 from results.machine import machine
 from results.run import OfflineCheck, RunInfo, RunResult, dataset_identity
-from results.slices import SliceError, join_slices
+from results.slices import SliceError, SliceTable, join_slices
 from streamer.collector import Collector, ResultPump
 from streamer.datasets import load_dataset, robustness_set
 from streamer.robustness_report import robustness_part, slices_part
@@ -360,7 +360,7 @@ def run(args, config) -> int:
             f"{len(info['severities'])} severities x {info['per_cell']} source images, seed {info['seed']}) in "
             f"{info['generation_s']:.1f} s, before the timed stream{decoded}"
         )
-    slice_values = slices_of(args, source)
+    slice_values, slice_info = slices_of(getattr(args, "slice_table", None), source)
     answers = f", each answered by both models ({2 * len(data):,} answers)" if args.compare else ""
     clean = f" ({robust.info['per_cell']:,} clean, {len(robust.corrupted):,} corrupted)" if robust else ""
     print(f"{'collecting' if collect_only else 'streaming'} {len(data):,} requests{clean}{answers}", flush=True)
@@ -385,7 +385,7 @@ def run(args, config) -> int:
         result.model = dataclasses.replace(result.model, dir=model_dir)
         result.run.warm_up = warm
         result.run.robustness = robust.info if robust else None
-        result.run.slices = getattr(args, "slice_info", None)
+        result.run.slices = slice_info
         if args.verify and metrics.counts(result)["answered"]:
             result.offline = verify_offline(result, model_dir, seen)
     a, b = results[0], (results[1] if args.compare else None)
@@ -411,12 +411,11 @@ def run(args, config) -> int:
     return code
 
 
-def slices_of(args, source: Dataset) -> dict[str, dict[str, str]] | None:
-    """--slices joined to the dataset's images: column -> {image id -> value}; RunError (one line) when the
-    file names none of them. Records what was used on args.slice_info (RunInfo.slices)."""
-    table = getattr(args, "slice_table", None)
+def slices_of(table: SliceTable | None, source: Dataset) -> tuple[dict[str, dict[str, str]] | None, dict | None]:
+    """--slices joined to the dataset's images: (column -> {image id -> value}, what was used for RunInfo.slices);
+    RunError (one line) when the file names none of the images."""
     if table is None:
-        return None
+        return None, None
     _, ids = dataset_identity(source)
     try:
         columns, unmatched = join_slices(table, ids)
@@ -424,13 +423,8 @@ def slices_of(args, source: Dataset) -> dict[str, dict[str, str]] | None:
         raise RunError(str(err)) from None
     if unmatched:
         log.warning("--slices %s: %d of its %d rows name no image of this run", table.path, unmatched, len(table.rows))
-    args.slice_info = {
-        "file": table.path,
-        "key": table.key,
-        "columns": list(table.columns),
-        "unmatched_rows": unmatched,
-    }
-    return {column: dict(zip(ids, values)) for column, values in columns.items()}
+    info = {"file": table.path, "key": table.key, "columns": list(table.columns), "unmatched_rows": unmatched}
+    return {column: dict(zip(ids, values)) for column, values in columns.items()}, info
 
 
 # The evaluator's exit status (README): 0 = every request answered with a prediction, identical to the
