@@ -7,7 +7,6 @@ alike. Prints a table and writes bench/results/models-<time>.json with the machi
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -15,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.run import img_per_s, machine
+from configs.flags import FlagParser
 from results.machine import describe as describe_machine
 from train.checkpoint import ModelError
-from train.predictor import load_predictor
 
 
 def compare(dirs: list[str], sizes: list[int], rounds: int, seconds: float) -> dict:
+    from bench.run import img_per_s, machine  # imported here: main() checks its flags before JAX loads
+    from train.predictor import load_predictor
+
     predictors = {d: load_predictor(d) for d in dirs}
     runs = {d: {str(s): [] for s in sizes} for d in dirs}
     for _ in range(rounds):
@@ -45,13 +46,18 @@ def compare(dirs: list[str], sizes: list[int], rounds: int, seconds: float) -> d
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__.splitlines()[0])
+def make_parser() -> FlagParser:
+    parser = FlagParser(prog="python -m bench.models", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="model directories (the first is the reference)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 256], help="batch sizes")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per batch size")
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--out", default="bench/results", help="where the JSON goes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     try:
         r = compare(args.models, args.sizes, args.rounds, args.seconds)

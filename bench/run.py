@@ -32,6 +32,7 @@ from broker import process, wire
 from broker.emulator import Emulator, free_port
 from broker.pubsub import EMULATOR_PROJECT, Publisher, PublishSettings, Topology, ensure_topology
 from configs import load_config
+from configs.flags import BENCH_SCENARIOS
 from results.machine import describe as describe_machine
 from results.machine import machine as results_machine
 from results.tables import Cell, Table, cells, render
@@ -651,10 +652,7 @@ def main(args) -> int:
     quick = args.quick
     repeats = 1 if quick else args.repeats
     n_full = 3000 if quick else 10000
-    only = set(
-        args.only
-        or ["model", "echo", "ungrouped", "naive", "server", "replicas", "pinned", "drain", "sweep", "coldstart"]
-    )
+    only = set(args.only or BENCH_SCENARIOS)
     global MODEL_DIR
     MODEL_DIR = model_dir = Path(args.model).resolve() if args.model else DEFAULT_MODEL_DIR
     r: dict = {

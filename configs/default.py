@@ -2,9 +2,17 @@
 
 Command:   python -m train --config configs/default.py --workdir models/fashion-mnist
            (without --workdir: a new runs/default-<time>/ folder; the shipped model is never overwritten)
-Runtime:   46.3 minutes (2,777 s) on 2026-11-26 on a 2-core AMD EPYC with AVX-512 (9,447-9,591 img/s
-           model-only at batch 256, measured the same day); machines of this kind without AVX-512 ran
-           up to 3.5x slower, so expect up to ~2.7 hours there.
+Runtime:   by machine kind, 2 CPU cores each; `python -m train` shows the whole run's remaining time.
+           - AVX-512 (AMD EPYC, 9,447-9,591 img/s model-only at batch 256): 46.3 min (2,777 s), measured:
+             the run that made models/fashion-mnist; about 0.16 s per 128-image step, validation included.
+           - XLA_FLAGS=--xla_cpu_max_isa=AVX2 on an AVX-512 machine: about the same, ~46 min, extrapolated
+             from 200 steps each way (`python -m bench.train_steps configs/default.py`, a 2-core Intel Xeon
+             shared with other work): the capped step took 0.98x the CPU time of the uncapped one
+             (0.554 vs 0.564 s). The cap lowers XLA's instruction set, not the machine: it does not make
+             training slower, so it cannot stand in for an AVX2 machine.
+           - a real AVX2 machine (AMD EPYC without AVX-512): ~5 hours, about 6.6x the AVX-512 time
+             (measured there: about 1.1 s per 128-image step, 7.7 min per epoch); model-only serving
+             there is ~3.6x slower.
 Accuracy:  94.51% on the 10,000-image test set, 95.40% on the 5,000-image validation split
            (epoch 38 of 40, chosen on validation); test ECE 1.11% -> 0.58% with temperature 1.114.
            Attempts and what they gave: docs/model.md.

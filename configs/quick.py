@@ -1,8 +1,15 @@
 """A fast recipe: a narrower net, three epochs, light regularisation.
 
 Command:   python -m train --config configs/quick.py --workdir /tmp/quick
-Runtime:   83 s wall (82 s in training) on 2026-11-26 on 2 CPU cores (AMD EPYC with AVX-512,
-           9,447-9,591 img/s model-only at batch 256 the same day), the machine otherwise idle.
+Runtime:   by machine kind, 2 CPU cores each:
+           - AVX-512 (AMD EPYC, 9,447-9,591 img/s model-only at batch 256), otherwise idle: 83 s wall
+             (82 s in training), measured: the run that made models/fashion-mnist-quick.
+           - XLA_FLAGS=--xla_cpu_max_isa=AVX2 on an AVX-512 machine: about the same, 70-95 s, extrapolated
+             from 200 steps each way, twice (`python -m bench.train_steps configs/quick.py`, a 2-core Intel
+             Xeon shared with other work): the capped step took 1.16x and 0.90x the CPU time of the
+             uncapped one (0.185 vs 0.160 s, 0.183 vs 0.204 s per step).
+           - a real AVX2 machine: ~9 minutes, extrapolated at 6.6x the AVX-512 time (the default
+             recipe's ratio there).
 Accuracy:  91.57% on the 10,000-image test set (models/fashion-mnist-quick, the second model for
            `python -m streamer --compare`); 5,000 training images are held out for validation.
            Test ECE 0.79% before and 1.05% after temperature scaling (T = 0.971): without label

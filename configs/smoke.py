@@ -1,7 +1,14 @@
 """A seconds-long smoke run for tests: tiny net, a slice of the data, one epoch.
 
 Command:   python -m train --config configs/smoke.py --workdir /tmp/smoke
-Runtime:   ~15 seconds on 2 CPU cores. Accuracy: meaningless (>10% = it learns something).
+Runtime:   by machine kind, 2 CPU cores each:
+           - AVX-512 (Intel Xeon), shared with other work (load averages 5-10): two whole runs took 51
+             and 97 s wall, 28 and 33 CPU-seconds, so 15-33 s on an idle machine (1 or 2 busy cores).
+           - XLA_FLAGS=--xla_cpu_max_isa=AVX2, same machine: the same, two whole runs of 65 and 42 s wall,
+             36 and 30 CPU-seconds.
+           - a real AVX2 machine: 2-4 minutes, extrapolated at 6.6x the AVX-512 time (the default recipe's
+             ratio there).
+Accuracy:  meaningless (>10% = it learns something).
 """
 
 from configs import default

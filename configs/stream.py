@@ -65,11 +65,15 @@ def get_config() -> ml_collections.ConfigDict:
             streams=16,  # ordering keys: Pub/Sub holds a key's next messages until its earlier ones are acked
             limit=0,  # 0 = the whole test set
             content_type="raw",  # raw | png (image folders: their original files)
-            dataset="fashion_mnist",
+            dataset="fashion_mnist",  # fashion_mnist | idx:IMAGES,LABELS | folder:DIR (streamer/datasets.py)
             # Requests pushed through the real path (broker, server, results) before the timed stream, on a
             # freshly started emulator only: its JVM ran the first ~3,000 images of a run 2-3x slower
-            # (p99 80-230 ms against ~25 ms warm; docs/benchmarks.md). Stated in the report; 0 = off.
-            warm_up=10000,  # fashion_mnist | idx:IMAGES,LABELS | folder:DIR (streamer/datasets.py)
+            # (p99 80-230 ms against ~25 ms warm; docs/benchmarks.md). In proportion to the run: as many
+            # requests as it has images, at most warm_up (0 = off), and none for a run of fewer than
+            # warm_up_from images, whose p99 rests on its 10 slowest latencies or fewer: too few to read a
+            # cold JVM from, and its accuracy is the same either way. `--warm-up N` asks for exactly N.
+            warm_up=10000,
+            warm_up_from=1000,
         )
     )
 

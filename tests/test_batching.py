@@ -237,25 +237,29 @@ def test_a_bad_batching_flag_is_one_line_and_exit_2_before_jax_loads(flag, value
 @settings(max_examples=200, deadline=None)
 @given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6)))
 def test_the_objective_flag_allows_exactly_numbers_above_0_up_to_10_seconds(value):
-    from server.__main__ import flag_problem, make_parser
+    from configs.flags import flag_problems
+    from server.__main__ import make_parser
 
     parser = make_parser()
     args = parser.parse_args([])
     setattr(args, "server.latency_slo_ms", value)
-    problem = flag_problem(parser, args)
-    assert (problem is None) == (0 < value <= 10_000), problem
+    problems = flag_problems(parser, args)
+    assert (not problems) == (0 < value <= 10_000), problems
 
 
 @settings(max_examples=200, deadline=None)
 @given(value=st.text(max_size=20))
 def test_the_batching_flag_allows_exactly_the_two_policies(value):
-    from server.__main__ import flag_problem, make_parser
+    from configs.flags import flag_problems
+    from server.__main__ import make_parser
 
     parser = make_parser()
-    problem = flag_problem(parser, parser.parse_args([f"--batching={value}"]))
-    assert (problem is None) == (value in ("adaptive", "fixed")), problem
-    if problem:
-        assert "\n" not in problem and "--batching" in problem
+    args = parser.parse_args([])
+    setattr(args, "server.batching", value)
+    problems = flag_problems(parser, args)
+    assert (not problems) == (value in ("adaptive", "fixed")), problems
+    if problems:
+        assert len(problems) == 1 and "\n" not in problems[0] and "--batching" in problems[0]
 
 
 def test_a_config_files_bad_policy_is_refused_by_the_settings():

@@ -12,10 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import orbax.checkpoint as ocp
-from flax import nnx
-
-from train.model import CNN, build_model
+# Orbax, Flax and train.model (CNN, in the annotations) are imported by the functions that use them:
+# the entry points import DEFAULT_MODEL_DIR, ModelError and load_metadata to check their flags
+# before JAX loads (~3 s).
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist"
 
@@ -34,8 +33,11 @@ def checkpoint_digest(checkpoint_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(model_dir: str | Path, model: CNN, metadata: dict) -> dict:
+def save_model(model_dir: str | Path, model: CNN, metadata: dict) -> dict:  # noqa: F821
     """Write the checkpoint and metadata.json (with the checkpoint's digest); return the metadata."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
     model_dir = Path(model_dir).resolve()
     model_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -56,8 +58,13 @@ def load_metadata(model_dir: str | Path) -> dict:
         raise ModelError(f"{path}: not valid JSON ({err})") from None
 
 
-def load_model(model_dir: str | Path = DEFAULT_MODEL_DIR, verify: bool = True) -> tuple[CNN, dict]:
+def load_model(model_dir: str | Path = DEFAULT_MODEL_DIR, verify: bool = True) -> tuple[CNN, dict]:  # noqa: F821
     """Restore a model in eval mode: abstract model via nnx.eval_shape, then Orbax restore + merge."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from train.model import build_model
+
     model_dir = Path(model_dir).resolve()
     meta = load_metadata(model_dir)
     ckpt = model_dir / "checkpoint"

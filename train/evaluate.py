@@ -19,7 +19,6 @@ is imported.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from configs import load_config
+from configs.flags import FlagParser
 from results import agreement, metrics
 from results.run import Answers, Counters, ModelIdentity, RunInfo, RunResult, dataset_identity
 from train.data import Dataset, DatasetError, load_fashion_mnist, take
@@ -396,7 +396,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _robustness_settings(args: argparse.Namespace) -> dict:
+def _robustness_settings(args) -> dict:
     """The robustness flags over configs/robustness.py, validated; ValueError (one line) when one is bad."""
     from train.corruptions import parse_corruptions, parse_severities
 
@@ -408,24 +408,12 @@ def _robustness_settings(args: argparse.Namespace) -> dict:
             raise ValueError(f"{', '.join(named)}: for a robustness run only; add --corruptions all|NAME,NAME")
         return {}
 
-    def integer(flag: str, text, default: int, low: int) -> int:
-        if text is None:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"--{flag} {text!r}: expected a whole number") from None
-        if value < low:
-            raise ValueError(f"--{flag} {value}: must be at least {low}")
-        return value
-
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit {args.limit}: must be at least 1")
     settings = {
         "corruptions": parse_corruptions(args.corruptions),
         "severities": parse_severities(args.severities if args.severities is not None else config.severities),
-        "per_cell": integer("per-cell", args.per_cell, config.per_cell, 1),
-        "seed": integer("seed", args.seed, config.seed, 0),
+        # their domains (configs/flags.py) were checked as they were parsed
+        "per_cell": args.per_cell if args.per_cell is not None else config.per_cell,
+        "seed": args.seed if args.seed is not None else config.seed,
     }
     for flag, directory in (("--model", args.model), ("--reference", args.reference)):
         if directory is not None and not (Path(directory) / "metadata.json").is_file():
@@ -440,20 +428,25 @@ def _robustness_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
+def make_parser() -> FlagParser:
+    """The flags; FlagParser checks each against configs/flags.py as soon as it is parsed (before JAX)."""
+    parser = FlagParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model directory (checkpoint + metadata.json; default: the shipped model)")
     parser.add_argument("--predictions", help="write per-image predictions to this CSV file")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N test images (0 = all)")
     robust = parser.add_argument_group("robustness (defaults: configs/robustness.py)")
     robust.add_argument("--corruptions", help="all, or a comma-separated list of corruption names")
     robust.add_argument("--severities", help="e.g. 1-5, 3 or 1,3,5 (default 1-5)")
-    robust.add_argument("--per-cell", help="source images per corruption x severity cell (default 500)")
-    robust.add_argument("--seed", help="picks the source images and seeds the corruptions (default 0)")
+    robust.add_argument("--per-cell", type=int, help="source images per corruption x severity cell (default 500)")
+    robust.add_argument("--seed", type=int, help="picks the source images and seeds the corruptions (default 0)")
     robust.add_argument("--reference", help="reference model directory for CE, mCE and relative mCE")
     robust.add_argument("--plots", help="write heatmap.png and gallery.png into this directory")
     robust.add_argument("--json", help="write the robustness figures to this JSON file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     try:
         settings = _robustness_settings(args)
     except ValueError as err:
@@ -463,9 +456,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if settings:
-            result = evaluate_robustness(args.model, reference_dir=args.reference, limit=args.limit, **settings)
+            result = evaluate_robustness(args.model, reference_dir=args.reference, limit=args.limit or None, **settings)
         else:
-            result = evaluate_model(args.model, args.limit)
+            result = evaluate_model(args.model, args.limit or None)  # --limit 0: the whole test set
             meta = load_metadata(args.model or DEFAULT_MODEL_DIR)
     except (DatasetError, ModelError) as err:
         return _fail(str(err))

@@ -9,19 +9,20 @@ conversion (grayscale, inversion of light-background photos, letterbox, resize).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
+from configs.flags import FlagParser
 from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata
 from train.data import DatasetError, load_fashion_mnist, load_image
-from train.model import top_k
-from train.predictor import load_predictor
 
 
 def predict_images(images: np.ndarray, model_dir=DEFAULT_MODEL_DIR, k: int = 3) -> list[dict]:
     """Label, class name, confidence and top-k for each uint8 (H, W, C) image."""
+    from train.model import top_k  # imported here: main() checks its flags before JAX loads
+    from train.predictor import load_predictor
+
     predictor = load_predictor(model_dir)
     names = predictor.meta["class_names"]
     labels, probs = top_k(predictor(images), k)
@@ -36,12 +37,17 @@ def predict_images(images: np.ndarray, model_dir=DEFAULT_MODEL_DIR, k: int = 3) 
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__.split("\n")[0])
+def make_parser() -> FlagParser:
+    parser = FlagParser(prog="python -m train.predict", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="*", help="PNG/JPEG files")
     parser.add_argument("--index", type=int, action="append", help="a Fashion-MNIST test-set index (repeatable)")
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--top-k", type=int, default=3)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     if not args.images and not args.index:
         parser.error("give IMAGE files or --index N")
