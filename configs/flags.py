@@ -157,6 +157,12 @@ FLAGS: dict[str, Domain] = {
     "plan_disagreement": Numbers(0, 100, above=True, note="percent of images"),
     # python -m train.evaluate, python -m train.predict
     "limit": Numbers(0, whole=True, note="0 = the whole test set"),
+    # python -m streamer and python -m train.evaluate with --corruptions (defaults: configs/robustness.py).
+    # More source images than the dataset has takes them all. --corruptions and --severities are text,
+    # checked by train/corruptions.py's parsers before JAX loads (streamer/__main__.py check_flags,
+    # train/evaluate.py _robustness_settings), as is --slices FILE.csv (results/slices.py read_slices).
+    "per_cell": Numbers(1, whole=True, note="source images per corruption x severity cell"),
+    "seed": Numbers(0, whole=True, note="picks the source images and seeds the corruptions"),
     "top_k": Numbers(1, 1000, whole=True),
     # make bench (python -m bench), python -m bench.models
     "repeats": Numbers(1, 100, whole=True),

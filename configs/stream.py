@@ -77,6 +77,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
+    # The collector waits as long as results keep coming, whatever the run's size (a robustness run's 38,000
+    # requests, two models' 76,000 answers): it gives up only after timeout_s without a new result while
+    # requests are still being published, or min(timeout_s, idle_timeout_s) once all are. 30 s is three ack
+    # deadlines: a killed replica's requests come back within one (docs/reliability.md).
     config.collector = ml_collections.ConfigDict(
         dict(timeout_s=120.0, idle_timeout_s=30.0, reports_dir="reports", state_file="")
     )

@@ -64,6 +64,10 @@ class RunInfo:
     machine: dict | None = None  # results/machine.py: the CPU kind the figures were measured on
     interrupted: bool = False
     warm_up: dict | None = None
+    # A robustness run: its corruptions, severities, images per cell, seed and generation time
+    # (streamer/datasets.py robustness_set); its image ids name each request's cell (results/robustness.py).
+    robustness: dict | None = None
+    slices: dict | None = None  # --slices: the file, its key and slice columns, rows naming no image of the run
 
 
 # The per-request columns, with what stands for "unknown" in each (None: always known).
@@ -308,12 +312,12 @@ def _json_default(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------ identity
-def dataset_digest(images: np.ndarray, labels: np.ndarray, files: Sequence[str] = ()) -> str:
-    """sha256 of a dataset's images, labels and (for folders) image ids, in order."""
+def dataset_digest(images: np.ndarray, labels: np.ndarray, files: Sequence[str] = (), ids: Sequence[str] = ()) -> str:
+    """sha256 of a dataset's images, labels and image ids (explicit ones, else the folders' or the indices), in order."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(np.asarray(labels, np.int64).tobytes())
-    h.update("\n".join(image_ids(len(labels), files)).encode())
+    h.update("\n".join(ids or image_ids(len(labels), files)).encode())
     return h.hexdigest()
 
 
@@ -323,6 +327,11 @@ def image_ids(n: int, files: Sequence[str] = ()) -> list[str]:
 
 
 def dataset_identity(data) -> tuple[DatasetIdentity, list[str]]:
-    """The identity of a train.data.Dataset (anything with images, labels, name, files, digest) and its image ids."""
+    """The identity of a train.data.Dataset (anything with images, labels, name, files, digest) and its image ids.
+
+    Explicit ids (`data.ids`, e.g. a robustness run's "<source id>|<corruption>|<severity>") win over the
+    index or file name; such a dataset carries its own digest.
+    """
+    ids = list(getattr(data, "ids", ()) or image_ids(len(data.labels), data.files))
     digest = getattr(data, "digest", "") or dataset_digest(data.images, data.labels, data.files)
-    return DatasetIdentity(str(data.name), digest, len(data.labels)), image_ids(len(data.labels), data.files)
+    return DatasetIdentity(str(data.name), digest, len(data.labels)), ids

@@ -8,6 +8,9 @@ python -m streamer --dataset folder:DIR --model M [--content-type png]   (your m
 python -m streamer --compare OTHER_MODEL         (two models, the same requests, McNemar's test)
 python -m streamer --plan-delta POINTS [--plan-accuracy PERCENT] [--plan-disagreement PERCENT]
                                                  (images needed to detect a difference; nothing is started)
+python -m streamer --corruptions all|NAME,NAME [--severities 1-5] [--per-cell N] [--seed S]
+                                                 (the clean images and their corrupted variants: robustness)
+python -m streamer --slices FILE.csv             (figures per slice of per-image metadata)
 """
 
 import argparse
@@ -35,7 +38,12 @@ def make_parser() -> FlagParser:
     p.add_argument("--project", dest="broker.project", help="real GCP project (default: the emulator)")
     p.add_argument("--model", dest="model_dir", help="model directory for the managed server and the offline check")
     p.add_argument("--topic-suffix", default="", help="suffix on every topic/subscription name")
-    p.add_argument("--timeout", type=float, dest="collector.timeout_s", help="seconds to wait for all results")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        dest="collector.timeout_s",
+        help="seconds without a new result before giving up (default 120; at most 30 once all are published)",
+    )
     p.add_argument("--reports-dir", dest="collector.reports_dir", help="where reports/<timestamp>/ go")
     p.add_argument(
         "--state-file", dest="collector.state_file", help="persist collector progress here (resumable collector)"
@@ -84,6 +92,14 @@ def make_parser() -> FlagParser:
         metavar="PERCENT",
         help="--plan-delta's share of images two models answer differently, one right and one wrong "
         "(default: 100 - baseline accuracy + POINTS)",
+    )
+    robust = p.add_argument_group("robustness (defaults: configs/robustness.py; docs/robustness.md)")
+    robust.add_argument("--corruptions", help="all, or comma-separated names: stream every corruption x severity too")
+    robust.add_argument("--severities", help="e.g. 1-5, 3 or 1,3,5 (default 1-5)")
+    robust.add_argument("--per-cell", type=int, help="source images per corruption x severity cell (default 500)")
+    robust.add_argument("--seed", type=int, help="picks the source images and seeds the corruptions (default 0)")
+    p.add_argument(
+        "--slices", help="CSV mapping each test image (index, or file for folders) to slice columns: per-slice figures"
     )
     return config_flag_metavars(p)
 
@@ -172,6 +188,51 @@ def parse_report_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def check_flags(args: argparse.Namespace) -> str | None:
+    """The robustness and slice flags, parsed and checked before anything starts (JAX, the broker, a server):
+    None when they are fine (their values are then on args), else the one line that says what is wrong."""
+    from results.slices import SliceError, read_slices
+    from train.corruptions import parse_corruptions, parse_severities
+
+    args.robustness = args.slice_table = None
+    given = [
+        f"--{name.replace('_', '-')}" for name in ("severities", "per_cell", "seed") if getattr(args, name) is not None
+    ]
+    if args.corruptions is None and given:
+        return f"{', '.join(given)}: for a robustness run only; add --corruptions all|NAME,NAME"
+    single = args.index is not None or args.image
+    if single and (args.corruptions is not None or args.slices):
+        return "--corruptions and --slices are for a run over a test set, not with --index or --image"
+    if args.corruptions is not None:
+        from configs import load_config
+
+        config = load_config(None, "robustness.py")
+
+        try:
+            corruptions = parse_corruptions(args.corruptions)
+        except ValueError as err:
+            return f"--corruptions {args.corruptions!r}: {err}"
+        try:
+            severities = parse_severities(args.severities if args.severities is not None else config.severities)
+        except ValueError as err:
+            return f"--{err}"
+        # --per-cell and --seed: their domains (configs/flags.py) were checked as they were parsed
+        per_cell = args.per_cell if args.per_cell is not None else config.per_cell
+        seed = args.seed if args.seed is not None else config.seed
+        args.robustness = {"corruptions": corruptions, "severities": severities, "per_cell": per_cell, "seed": seed}
+    if args.slices:
+        try:
+            args.slice_table = read_slices(args.slices)
+        except SliceError as err:
+            return str(err)
+        folder = (getattr(args, "streamer.dataset", None) or "").startswith("folder:")
+        key = args.slice_table.key
+        if (folder and key == "index") or (not folder and key == "file"):
+            wanted = "file" if folder else "index"
+            return f"--slices {args.slices}: this dataset's images are named by '{wanted}' (or 'image'), not '{key}'"
+    return None
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
@@ -190,6 +251,9 @@ def main(argv=None) -> int:
             return 2
         return 0
     args = parse_args(argv)  # checked before streamer.run, and with it JAX and the broker client, is imported
+    if (problem := check_flags(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.plan_delta is not None:
         return plan(args)
     from streamer.run import main as run_main

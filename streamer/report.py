@@ -18,7 +18,9 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +43,9 @@ from results.readout import (
 from results.run import RunResult
 from results.tables import Block, Cell, Section, Table, cells, fmt, render, render_page
 from streamer.figures import GALLERY_PNG, PLOTS, Shown, gallery_figure, save_figure
+
+if TYPE_CHECKING:
+    from streamer.robustness_report import ReportPart
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -189,8 +194,11 @@ def _title(r: RunResult) -> str:
     return f"Streaming evaluation of {r.run.dataset or 'fashion_mnist'}: {fmt(r.run.started_at, 'text')}"
 
 
-def report_sections(shown: Shown, gallery: bool = False) -> list[Section]:
-    """The report's content, shared by the Markdown and HTML pages so both say the same thing."""
+def report_sections(shown: Shown, gallery: bool = False, parts: Sequence[ReportPart] = ()) -> list[Section]:
+    """The report's content, shared by the Markdown and HTML pages so both say the same thing.
+
+    `parts` (streamer/robustness_report.py: robustness, slices) come after the summary and the comparison.
+    """
     r = shown.result
     sections: list[Section] = [
         ("Summary", [("table", _summary_table(shown))]),
@@ -213,6 +221,8 @@ def report_sections(shown: Shown, gallery: bool = False) -> list[Section]:
         if gallery:
             blocks.append(("image", (GALLERY_PNG, "Images where the two models disagree")))
         sections.insert(1, ("Model A against model B, on the same requests", blocks))
+    after = 2 if shown.comparison is not None else 1
+    sections[after:after] = [section for part in parts for section in part.sections]
     if r.errors:
         sections.append(("Errors", _errors_blocks(shown)))
     if r.missing:
@@ -230,26 +240,31 @@ def write_report(
     images: np.ndarray | None = None,
     compared: RunResult | None = None,
     shown: Shown | None = None,
+    parts: Sequence[ReportPart] = (),
 ) -> Path:
     """Write report.json, the PNG plots, report.md and report.html into ``out_dir``; returns it as a Path.
 
     With a second model's result (``compared``, on the same requests) the report puts them side by
     side, and with the run's ``images`` it adds a gallery of the images where they disagree. ``shown``
     (Shown.of the same results) saves computing the figures and their intervals again; without it they
-    are computed at configs/stream.py's settings.
+    are computed at configs/stream.py's settings. Each of ``parts`` adds its sections, its PNGs and its
+    figures (in report.json under its name).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = shown or Shown.of(result, compared, interval_settings())
     cmp = shown.comparison
     runs, figures = ([cmp.a, cmp.b], [cmp.fa, cmp.fb]) if cmp else ([result], [shown.figures])
+    figures = [{**figures[0], **{part.name: part.figures for part in parts}}, *figures[1:]]
     run_json.save(out_dir / REPORT_JSON, runs, figures, cmp.to_json() if cmp else None)
+    for part in parts:
+        part.write_plots(out_dir)
     gallery = cmp is not None and images is not None
     if gallery:
         save_figure(gallery_figure(cmp, images), out_dir / GALLERY_PNG)
     for plot in PLOTS.values():
         save_figure(plot.build(shown), out_dir / plot.file)
-    sections, title = report_sections(shown, gallery), _title(result)
+    sections, title = report_sections(shown, gallery, parts), _title(result)
     (out_dir / REPORT_MD).write_text(render_page(title, sections, "markdown"), encoding="utf-8")
     inline = lambda name: "data:image/png;base64," + base64.b64encode((out_dir / name).read_bytes()).decode("ascii")  # noqa: E731
     (out_dir / REPORT_HTML).write_text(render_page(title, sections, "html", inline), encoding="utf-8")
@@ -338,10 +353,14 @@ def show_report(
 
     Raises results.run.ReportError (one line) for a report.json this version cannot read.
     """
+    from streamer.robustness_report import robustness_part
+
     report_json = _resolve_report_json(path, reports_dir)
     runs = run_json.load(report_json)
     b = runs[1] if len(runs) > 1 else None
-    return render_terminal(runs[0], report_json.parent, b, Shown.of(runs[0], b, uncertainty or interval_settings()))
+    text = render_terminal(runs[0], report_json.parent, b, Shown.of(runs[0], b, uncertainty or interval_settings()))
+    robust = robustness_part(*runs)  # a robustness run's lines, from its saved predictions
+    return text + "\n" + "\n".join(robust.terminal) if robust else text
 
 
 def diff_reports(

@@ -22,13 +22,15 @@ from tqdm import tqdm
 from broker import wire
 from broker.errors import BrokerError
 from broker.pubsub import BulkPublisher, Puller, Topology, broker_session, ensure_topology, fresh_emulator, pull_all
-from configs import from_args
+from configs import from_args, load_config
 from results import metrics
 from results.compare import offline_check
 from results.machine import machine
 from results.run import OfflineCheck, RunInfo, RunResult, dataset_identity
+from results.slices import SliceError, SliceTable, join_slices
 from streamer.collector import Collector, ResultPump, progress_text
-from streamer.datasets import load_dataset
+from streamer.datasets import load_dataset, robustness_set
+from streamer.robustness_report import robustness_part, slices_part
 from streamer.stream import publish_dataset
 from streamer.supervise import ManagedServer, RunError, Watch, close_within, managed_server, server_flags
 from train.checkpoint import DEFAULT_MODEL_DIR, ModelError, load_metadata
@@ -188,13 +190,17 @@ async def wait_for_results(
     watch=None,
     level: float | None = None,
 ):
-    """Until every request is answered, the timeout expires, or the user interrupts; the bars show the running
-    accuracy with its interval's half-width at ``level``.
+    """Until every request is answered, the run stops answering, or the user interrupts; the bars show the
+    running accuracy with its interval's half-width at ``level``.
+
+    There is no cap on the whole run: a run of any size is waited for as long as its results keep
+    coming (a robustness run's 38,000 requests, or two models' 76,000 answers, take minutes). It has
+    stopped answering after `timeout_s` without a new result while requests are still being published,
+    or min(timeout_s, idle_timeout_s) once all are (configs/stream.py).
 
     Raises RunError/BrokerError (one clear line) when publishing fails, the results
     subscription dies, the managed server exits or the broker stops answering.
     """
-    deadline = time.monotonic() + cfg.timeout_s
     last_progress, last_count, next_postfix = time.monotonic(), -1, 0.0
     sent_s, published = None, publishing is None
     total = sum(len(c.labels) for c in collectors)
@@ -214,8 +220,10 @@ async def wait_for_results(
         if now >= next_postfix:  # twice a second
             next_postfix = now + 0.5
             _show_running(collectors, bars, level)
-        if now > deadline or (published and now - last_progress > cfg.idle_timeout_s):
-            log.warning("timed out waiting for results (%d/%d answered)", count, total)
+        if now - last_progress > (min(cfg.timeout_s, cfg.idle_timeout_s) if published else cfg.timeout_s):
+            log.warning(
+                "timed out waiting for results: none for %.0f s (%d/%d answered)", now - last_progress, count, total
+            )
             break
         await asyncio.sleep(0.05)
     _show_running(collectors, bars, level)  # the final figures: the last update can be up to 0.5 s old
@@ -260,7 +268,9 @@ def _versions() -> dict:
 
 def verify_offline(result: RunResult, offline: RunResult) -> OfflineCheck:
     """Every streamed prediction against `python -m train.evaluate` on the same checkpoint and images:
-    two run results over the same images, compared (results/compare.py: offline_check).
+    two run results over the same images, compared (results/compare.py: offline_check). `offline` is
+    the evaluation of the images as the server decoded them (a robustness run's PNGs: load_image of
+    each, streamer/datasets.py).
 
     Same loader, same predict function, same batch size; no broker. The rule is results/agreement.py's:
     labels identical, confidences within its tolerance (the server's batch sizes differ from the
@@ -348,20 +358,44 @@ def run(args, config) -> int:
     from streamer.report import interval_settings, render_terminal, write_report
 
     collect_only = args.collect_only
+    robust_flags = getattr(args, "robustness", None)
     if collect_only:
         if not args.run_id:
             raise RunError("--collect-only needs the --run-id of the run whose results to collect")
-        if not config.streamer.limit and (n := state_file_size(config.collector.state_file)):
-            config.streamer.limit = n  # the run's size, as recorded in its state file
+        size = state_file_size(config.collector.state_file)
+        if not config.streamer.limit and not robust_flags and size:
+            config.streamer.limit = size  # the run's size, as recorded in its state file
     dirs, metas = load_models(config, args.compare)
-    data = load_dataset(config.streamer.dataset, metas[0], config.streamer.limit or None)  # before anything starts
+    # Everything the run streams is ready before anything starts: the dataset, the corrupted images, the slices.
+    source = load_dataset(config.streamer.dataset, metas[0], config.streamer.limit or None)
+    data = seen = source  # what is published, and what the server decodes from it
+    robust = None
+    if robust_flags:
+        robust = robustness_set(source, content_type=config.streamer.content_type, **robust_flags)
+        data, seen = robust.streamed, robust.seen
+        info = robust.info
+        decoded = (
+            f"; decoded {info['requests']:,} as the server will (PNG, load_image) in {info['decode_s']:.1f} s, "
+            f"{info['inverted']:,} of them inverted"
+            if info["decode_s"] is not None
+            else ""
+        )
+        print(
+            f"generated {len(robust.corrupted):,} corrupted images ({len(info['corruptions'])} corruptions x "
+            f"{len(info['severities'])} severities x {info['per_cell']} source images, seed {info['seed']}) in "
+            f"{info['generation_s']:.1f} s, before the timed stream{decoded}"
+        )
+    slice_values, slice_info = slices_of(getattr(args, "slice_table", None), source)
+    answers = f", each answered by both models ({2 * len(data):,} answers)" if args.compare else ""
+    clean = f" ({robust.info['per_cell']:,} clean, {len(robust.corrupted):,} corrupted)" if robust else ""
+    print(f"{'collecting' if collect_only else 'streaming'} {len(data):,} requests{clean}{answers}", flush=True)
     run_id = args.run_id or uuid.uuid4().hex[:8]
     identities = [meta["checkpoint_sha256"][:16] for meta in metas] if args.compare else [None]
     # The offline evaluation needs no broker: it runs while the managed server starts (JAX, the model,
     # every bucket compiled: the longer of the two) and is done before the timed stream, so it never
     # competes with it, and a run ends ~2 s sooner after its last result.
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="offline")
-    offline = {d: pool.submit(evaluate_model, d, dataset=data) for d in dirs} if args.verify else {}
+    offline = {d: pool.submit(evaluate_model, d, dataset=seen) for d in dirs} if args.verify else {}
     pool.shutdown(wait=False)  # its evaluations still run; nothing more is submitted
     with broker_session(config.broker.project or None) as project, contextlib.ExitStack() as stack:
         topo = Topology.from_names(project, config.broker, args.topic_suffix)
@@ -384,19 +418,48 @@ def run(args, config) -> int:
     for result, model_dir in zip(results, dirs):
         result.model = dataclasses.replace(result.model, dir=model_dir)
         result.run.warm_up = warm
+        result.run.robustness = robust.info if robust else None
+        result.run.slices = slice_info
         if args.verify and metrics.counts(result)["answered"]:
             result.offline = verify_offline(result, offline[model_dir])
     a, b = results[0], (results[1] if args.compare else None)
     out_dir = Path(config.collector.reports_dir) / (time.strftime("%Y%m%d-%H%M%S") + f"-{run_id}")
     shown = Shown.of(a, b, interval_settings(config))  # every figure and its interval, computed once
-    write_report(a, out_dir, images=data.images, compared=b, shown=shown)
+    worst = load_config(None, "robustness.py").worst
+    parts = [
+        part
+        for part in (
+            robustness_part(a, b, robust.gallery() if robust else None, worst),
+            slices_part(a, b, slice_values) if slice_values or robust else None,
+        )
+        if part is not None
+    ]
+    write_report(a, out_dir, images=seen.images, compared=b, shown=shown, parts=parts)
     print(render_terminal(a, out_dir, compared=b, shown=shown))
+    for part in parts:
+        print("\n".join(part.terminal))
     code, verdict = run_verdict(a)
     if b is not None and code == EXIT_OK:
         code, verdict = run_verdict(b)
         verdict = f"model B: {verdict}" if code else verdict
     print(verdict, file=sys.stderr if code else sys.stdout)
     return code
+
+
+def slices_of(table: SliceTable | None, source: Dataset) -> tuple[dict[str, dict[str, str]] | None, dict | None]:
+    """--slices joined to the dataset's images: (column -> {image id -> value}, what was used for RunInfo.slices);
+    RunError (one line) when the file names none of the images."""
+    if table is None:
+        return None, None
+    _, ids = dataset_identity(source)
+    try:
+        columns, unmatched = join_slices(table, ids)
+    except SliceError as err:
+        raise RunError(str(err)) from None
+    if unmatched:
+        log.warning("--slices %s: %d of its %d rows name no image of this run", table.path, unmatched, len(table.rows))
+    info = {"file": table.path, "key": table.key, "columns": list(table.columns), "unmatched_rows": unmatched}
+    return {column: dict(zip(ids, values)) for column, values in columns.items()}, info
 
 
 # The evaluator's exit status (README): 0 = every request answered with a prediction, identical to the

@@ -1,4 +1,4 @@
-"""Corruptions (train/corruptions.py), robustness figures (train/robustness.py) and the offline robustness
+"""Corruptions (train/corruptions.py), robustness figures (results/robustness.py) and the offline robustness
 evaluation (`python -m train.evaluate --corruptions ...`)."""
 
 from __future__ import annotations
@@ -15,6 +15,15 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import stats
 
+from results.robustness import (
+    CLEAN,
+    Outcomes,
+    cell_matrix,
+    corruption_errors,
+    paired_difference,
+    robustness_figures,
+)
+from results.stats import wilson_bounds
 from tests.conftest import REPO, SHIPPED_MODEL
 from train.corruptions import (
     CORRUPTIONS,
@@ -26,15 +35,6 @@ from train.corruptions import (
     select_sources,
 )
 from train.data import Dataset, load_fashion_mnist
-from train.robustness import (
-    CLEAN,
-    Outcomes,
-    cell_matrix,
-    corruption_errors,
-    paired_difference_interval,
-    robustness_figures,
-    wilson_interval,
-)
 
 NAMES = list(CORRUPTIONS)
 FAMILIES = {name: c.family for name, c in CORRUPTIONS.items()}
@@ -237,13 +237,20 @@ def test_corrupt_dataset_pairs_every_cell_with_the_same_sources(images):
 
 # ------------------------------------------------------------------ figures
 def test_wilson_interval_matches_scipy():
+    """The cells' interval is results.stats' Wilson interval."""
     for k, n in ((0, 10), (3, 10), (10, 10), (475, 500), (9451, 10000)):
         ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
-        lo, hi = wilson_interval(k, n)
+        lo, hi = wilson_bounds(k, n)
         assert lo == pytest.approx(ci.low, abs=1e-12) and hi == pytest.approx(ci.high, abs=1e-12)
 
 
+def paired_difference_interval(first, second):
+    interval = paired_difference(first, second)
+    return interval.estimate, interval.lo, interval.hi
+
+
 def test_paired_difference_interval_behaves_and_covers():
+    """A cell's drop: results.stats' Newcombe paired interval, on the clean and corrupted outcomes."""
     same = np.ones(50, bool)
     diff, lo, hi = paired_difference_interval(same, same)
     assert diff == 0 and lo < 0 < hi  # no discordant pairs is not certainty

@@ -81,6 +81,9 @@ class Dataset:
     # sha256 of the dataset the images were loaded from (results.run.dataset_digest). With an image's
     # file name, or its index while the images are a prefix of it (--limit), it names the image across runs.
     digest: str = ""
+    # Explicit image ids, when neither the index nor the file names them: a robustness run's
+    # "<source id>|<corruption>|<severity>" (results/run.py image_ids).
+    ids: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,10 +91,11 @@ class Dataset:
     def subset(self, index) -> Dataset:
         """The images at `index` (an array of positions or a slice), with their labels and files."""
         files = tuple(np.asarray(self.files, dtype=object)[index]) if self.files else ()
+        ids = tuple(np.asarray(self.ids, dtype=object)[index]) if self.ids else ()
         prefix = isinstance(index, slice) and index.start in (None, 0) and index.step in (None, 1)
-        digest = self.digest if prefix or files else ""  # an index no longer names the same image
+        digest = self.digest if prefix or files or ids else ""  # an index no longer names the same image
         return dataclasses.replace(
-            self, images=self.images[index], labels=self.labels[index], files=files, digest=digest
+            self, images=self.images[index], labels=self.labels[index], files=files, digest=digest, ids=ids
         )
 
 

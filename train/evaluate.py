@@ -173,14 +173,14 @@ def evaluate_robustness(
     """Accuracy and calibration of the model per corruption x severity, on a seeded subset of `per_cell`
     source images (the same in every cell and in the clean cell), and its CE / mCE against `reference_dir`.
 
-    An argument left at None takes configs/robustness.py's value (level and resamples: train/robustness.py's).
-    Returns the CorruptedSet ("corrupted"), each model's Outcomes, figures (train.robustness) and metadata,
+    An argument left at None takes configs/robustness.py's value (level and resamples: results/robustness.py's).
+    Returns the CorruptedSet ("corrupted"), each model's Outcomes, figures (results.robustness) and metadata,
     the CE figures ("errors", or None) and the seconds spent generating and predicting.
     """
+    from results.robustness import CLEAN, LEVEL, RESAMPLES, Outcomes, corruption_errors, robustness_figures
     from train.checkpoint import DEFAULT_MODEL_DIR
     from train.corruptions import CORRUPTIONS, corrupt_dataset, parse_corruptions, parse_severities
     from train.predictor import load_predictor
-    from train.robustness import CLEAN, LEVEL, RESAMPLES, Outcomes, corruption_errors, robustness_figures
 
     config = load_config(None, "robustness.py")
     corruptions = tuple(corruptions) if corruptions is not None else parse_corruptions(config.corruptions)
@@ -408,22 +408,12 @@ def _robustness_settings(args) -> dict:
             raise ValueError(f"{', '.join(named)}: for a robustness run only; add --corruptions all|NAME,NAME")
         return {}
 
-    def integer(flag: str, text, default: int, low: int) -> int:
-        if text is None:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"--{flag} {text!r}: expected a whole number") from None
-        if value < low:
-            raise ValueError(f"--{flag} {value}: must be at least {low}")
-        return value
-
     settings = {
         "corruptions": parse_corruptions(args.corruptions),
         "severities": parse_severities(args.severities if args.severities is not None else config.severities),
-        "per_cell": integer("per-cell", args.per_cell, config.per_cell, 1),
-        "seed": integer("seed", args.seed, config.seed, 0),
+        # their domains (configs/flags.py) were checked as they were parsed
+        "per_cell": args.per_cell if args.per_cell is not None else config.per_cell,
+        "seed": args.seed if args.seed is not None else config.seed,
     }
     for flag, directory in (("--model", args.model), ("--reference", args.reference)):
         if directory is not None and not (Path(directory) / "metadata.json").is_file():
@@ -447,8 +437,8 @@ def make_parser() -> FlagParser:
     robust = parser.add_argument_group("robustness (defaults: configs/robustness.py)")
     robust.add_argument("--corruptions", help="all, or a comma-separated list of corruption names")
     robust.add_argument("--severities", help="e.g. 1-5, 3 or 1,3,5 (default 1-5)")
-    robust.add_argument("--per-cell", help="source images per corruption x severity cell (default 500)")
-    robust.add_argument("--seed", help="picks the source images and seeds the corruptions (default 0)")
+    robust.add_argument("--per-cell", type=int, help="source images per corruption x severity cell (default 500)")
+    robust.add_argument("--seed", type=int, help="picks the source images and seeds the corruptions (default 0)")
     robust.add_argument("--reference", help="reference model directory for CE, mCE and relative mCE")
     robust.add_argument("--plots", help="write heatmap.png and gallery.png into this directory")
     robust.add_argument("--json", help="write the robustness figures to this JSON file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,29 +20,44 @@ def _pyplot():
 
 def plot_heatmap(path: str | Path, figures: dict, title: str = "") -> Path:
     """Accuracy per corruption (rows) x severity (columns), with the clean accuracy (on the same images) and
-    each row's mean beside it; each cell is annotated with its accuracy in percent."""
+    each row's mean beside it; each cell is annotated with its accuracy in percent and, below it, its 95%
+    interval. A cell whose interval is too wide to judge (figures' "judged") is written in italics."""
     plt = _pyplot()
     names = list(figures["corruptions"])
     severities = sorted({c["severity"] for c in figures["cells"]})
-    grid = np.full((len(names), len(severities)), np.nan)
+    cols = len(severities) + 2
+    grid = np.full((len(names), cols), np.nan)
+    intervals: dict[tuple[int, int], list] = {}
+    unjudged: set[tuple[int, int]] = set()
+    for i, name in enumerate(names):
+        row = figures["corruptions"][name]
+        grid[i, 0], grid[i, -1] = figures["clean"]["accuracy"], row["accuracy"]
+        intervals[(i, 0)], intervals[(i, cols - 1)] = figures["clean"].get("interval"), row.get("interval")
     for cell in figures["cells"]:
-        grid[names.index(cell["corruption"]), severities.index(cell["severity"])] = cell["accuracy"]
-    clean = figures["clean"]["accuracy"]
-    means = np.array([figures["corruptions"][n]["accuracy"] for n in names])
-    full = np.column_stack([np.full(len(names), clean), grid, means])
-    fig, ax = plt.subplots(figsize=(1.0 * full.shape[1] + 3.2, 0.42 * len(names) + 1.6))
-    image = ax.imshow(100 * full, cmap="RdYlGn", vmin=0.0, vmax=100.0, aspect="auto")
-    for (i, j), value in np.ndenumerate(full):
-        if not np.isnan(value):
-            ax.text(j, i, f"{100 * value:.1f}", ha="center", va="center", fontsize=8)
+        i, j = names.index(cell["corruption"]), 1 + severities.index(cell["severity"])
+        grid[i, j], intervals[(i, j)] = cell["accuracy"], cell.get("interval")
+        if not cell.get("judged", True):
+            unjudged.add((i, j))
+    fig, ax = plt.subplots(figsize=(1.0 * cols + 3.2, 0.5 * len(names) + 1.7))
+    image = ax.imshow(100 * grid, cmap="RdYlGn", vmin=0.0, vmax=100.0, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if np.isnan(value):
+            continue
+        style = {"style": "italic"} if (i, j) in unjudged else {}
+        ax.text(j, i - 0.12, f"{100 * value:.1f}", ha="center", va="center", fontsize=8, **style)
+        if intervals.get((i, j)):
+            lo, hi = intervals[(i, j)]
+            ax.text(j, i + 0.22, f"{100 * lo:.0f}-{100 * hi:.0f}", ha="center", va="center", fontsize=5.5, **style)
     ax.axvline(0.5, color="black", lw=1.5)
     ax.axvline(len(severities) + 0.5, color="black", lw=1.5)
-    ax.set_xticks(range(full.shape[1]), ["clean", *[f"sev {s}" for s in severities], "mean"])
+    ax.set_xticks(range(cols), ["clean", *[f"sev {s}" for s in severities], "mean"])
     ax.set_yticks(range(len(names)), [f"{n} ({figures['corruptions'][n]['family']})" for n in names])
     ax.tick_params(axis="x", top=True, labeltop=True, bottom=False, labelbottom=False)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="accuracy (%)")
     n = figures["per_cell"]
-    ax.set_title(title or f"accuracy per corruption and severity ({n} images per cell, same images in each)", pad=28)
+    title = title or f"accuracy per corruption and severity ({n} images per cell, same images in each)"
+    note = "small numbers: 95% interval" + ("; italics: too few images to judge" if unjudged else "")
+    ax.set_title("\n".join(textwrap.wrap(title, 70) + [note]), pad=24, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -79,7 +95,7 @@ def plot_gallery(
     for j, label in enumerate(["clean", *[f"sev {s}" for s in severities]]):
         axes[0, j].set_title(label, fontsize=9)
     fig.suptitle(title or "one source image under every corruption and severity", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # 0.3 inch for the title above the columns
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

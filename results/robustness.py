@@ -1,43 +1,65 @@
 """Robustness figures: accuracy and calibration per corruption x severity, the paired drop against clean,
-per-family means, the worst cells, and Corruption Error (CE, mCE, relative mCE) against a reference model.
+per-family means, the worst cells, Corruption Error (CE, mCE, relative mCE) against a reference model, and the
+per-cell comparison of two models.
 
 Pure functions of per-image outcomes (which cell, which source image, right or wrong, how confident), so the
-offline evaluation and a streamed run compute the same figures from the same outcomes. The clean images are
-one more cell, named CLEAN with severity 0.
+offline evaluation (train.evaluate) and a streamed run (whose image ids name the cell, `cell_id`) compute the
+same figures from the same outcomes. The clean images are one more cell, named CLEAN with severity 0. A cell
+is one case of a slice (results/slices.py): its accuracy entry is a slice's.
 
 Every figure has an interval (95% by default):
-- a cell's accuracy: Wilson score interval (keeps inside 0..1 and does not collapse at 0 or 100% errors);
-- a cell's drop against clean: Newcombe's hybrid score interval for paired proportions (1998, method 10):
-  the same source images, so the pairing removes the between-image variance;
-- means over cells (family, corruption, all) and CE / mCE: a bootstrap over source images, resampling the
-  same images in every cell and for both models (the cells are paired through their shared sources);
-- ECE: the same bootstrap (ECE is biased upward on small cells: 500 images add about a point).
+- a cell's accuracy: Wilson score interval (results/stats.py);
+- a cell's drop against clean: Newcombe's paired hybrid score interval (results/stats.py): the same source
+  images, so the pairing removes the between-image variance;
+- a cell's ECE: results/stats.py's bootstrap over its images, as for any slice;
+- means over cells (family, corruption, all), a corruption's pooled ECE and CE / mCE: a bootstrap over source
+  images, resampling the same images in every cell and for both models (the cells are paired through their
+  shared sources, which a bootstrap of one cell's images cannot express).
+A cell whose accuracy interval is too wide to judge (results/slices.py) says so ("judged": False).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 
+from results import stats
 from results.metrics import ECE_BINS, calibration_from_confidences
-from results.stats import bin_index
+from results.slices import accuracy_entry, ece_entry
+
+if TYPE_CHECKING:
+    from results.run import RunResult
 
 CLEAN = "clean"
 LEVEL = 0.95
 # Bootstrap resamples. On the shipped model's 500-image run, the bounds of the mean corrupted accuracy moved by
 # up to 0.3 point across 8 bootstrap seeds.
 RESAMPLES = 1000
+SEPARATOR = "|"  # in a robustness run's image ids: "<source id>|<corruption>|<severity>"
+
+
+def cell_id(source: str, corruption: str, severity: int) -> str:
+    """The image id of source image `source` in cell (corruption, severity): what a streamed run's collector
+    and report.json know the request by (the server sees only its pixels)."""
+    return f"{source}{SEPARATOR}{corruption}{SEPARATOR}{int(severity)}"
+
+
+def parse_cell_id(image: str) -> tuple[str, str, int] | None:
+    """(source id, corruption, severity) of a robustness run's image id; None for any other id."""
+    parts = str(image).rsplit(SEPARATOR, 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2])
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcomes:
     """One model's per-image outcomes of a robustness run; the clean images are the cell (CLEAN, 0)."""
 
-    source: np.ndarray  # int (N,): the source image's index in the dataset
+    source: np.ndarray  # (N,): the source image's index in the dataset, or its id (a folder's class/file)
     corruption: np.ndarray  # str (N,)
     severity: np.ndarray  # int (N,): 1..5, 0 for clean
     correct: np.ndarray  # bool (N,)
@@ -46,7 +68,7 @@ class Outcomes:
     @classmethod
     def from_predictions(
         cls,
-        source: Sequence[int],
+        source: Sequence[int] | Sequence[str],
         corruption: Sequence[str],
         severity: Sequence[int],
         labels: Sequence[int],
@@ -54,7 +76,7 @@ class Outcomes:
         confidences: Sequence[float],
     ) -> Outcomes:
         return cls(
-            source=np.asarray(source, np.int64),
+            source=np.asarray(source),
             corruption=np.asarray(corruption, str),
             severity=np.asarray(severity, np.int64),
             correct=np.asarray(predictions) == np.asarray(labels),
@@ -98,44 +120,15 @@ def cell_matrix(outcomes: Outcomes) -> CellMatrix:
 
 
 # ------------------------------------------------------------------ intervals
-@functools.lru_cache(maxsize=8)
-def _z(level: float) -> float:
-    return float(stats.norm.ppf(0.5 + level / 2))
-
-
-def wilson_interval(successes, n, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for a proportion, vectorised (the formula scipy's binomtest(...).proportion_ci
-    uses with method="wilson"); n = 0 gives (nan, nan)."""
-    k, n = np.asarray(successes, np.float64), np.asarray(n, np.float64)
-    z = _z(level)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        centre = (k + z * z / 2) / (n + z * z)
-        half = z * np.sqrt(n) / (n + z * z) * np.sqrt(p * (1 - p) + z * z / (4 * n))
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
-
-
-def paired_difference_interval(first, second, level: float = LEVEL) -> tuple[float, float, float]:
-    """mean(first) - mean(second) for paired booleans, with Newcombe's method-10 interval (score-based).
-
-    Built from the Wilson intervals of the two proportions and the phi correlation of the pairs.
-    """
+def paired_difference(first: np.ndarray, second: np.ndarray, level: float = LEVEL) -> stats.Interval:
+    """mean(first) - mean(second) for paired booleans (clean and corrupted outcomes of the same images), with
+    results/stats.py's Newcombe paired interval."""
     first, second = np.asarray(first, bool), np.asarray(second, bool)
-    n = len(first)
-    if n == 0 or len(second) != n:
+    if len(first) == 0 or len(second) != len(first):
         raise ValueError("paired samples must be non-empty and of equal length")
-    a = int((first & second).sum())
-    b = int((first & ~second).sum())
-    c = int((~first & second).sum())
-    d = n - a - b - c
-    p1, p2 = (a + b) / n, (a + c) / n
-    (l1, u1), (l2, u2) = (tuple(map(float, wilson_interval(k, n, level))) for k in (a + b, a + c))
-    denominator = (a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / np.sqrt(denominator) if denominator > 0 else 0.0
-    delta = np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
-    epsilon = np.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
-    diff = p1 - p2
-    return float(diff), float(max(diff - delta, -1.0)), float(min(diff + epsilon, 1.0))
+    both, first_only = int((first & second).sum()), int((first & ~second).sum())
+    second_only, neither = int((~first & second).sum()), int((~first & ~second).sum())
+    return stats.paired_difference_interval(both, first_only, second_only, neither, level)
 
 
 def bootstrap_counts(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -167,7 +160,7 @@ def _ece_samples(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarra
     weighted gap is a sum over its samples, taken with np.add.reduceat after sorting the samples by bin.
     """
     n_samples, n = len(confidence), weights.shape[1]
-    index = bin_index(confidence, ECE_BINS)
+    index = stats.bin_index(confidence, ECE_BINS)
     order = np.argsort(index, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(index[order]) != 0])
     gap = (confidence - correct)[order] * (n / n_samples)
@@ -194,30 +187,29 @@ def robustness_figures(
     weights = bootstrap_counts(n, resamples, seed) / n
     acc_samples = weights @ m.correct.T.astype(np.float64)  # (resamples, cells)
 
-    def accuracy_entry(correct: np.ndarray) -> dict:
-        k = int(correct.sum())
-        lo, hi = wilson_interval(k, len(correct), level)
-        return {"n": len(correct), "accuracy": k / len(correct), "interval": [float(lo), float(hi)]}
-
-    def ece_entry(confidence: np.ndarray, correct: np.ndarray, w: np.ndarray) -> dict:
+    def ece_by_source(confidence: np.ndarray, correct: np.ndarray) -> dict:
+        """Several cells' images raveled cell by cell, resampled by source (the same draw in every cell)."""
         return {
             "ece": calibration_from_confidences(confidence, correct)["ece"],
-            "ece_interval": _percentiles(_ece_samples(confidence, correct, w), level),
+            "ece_interval": _percentiles(_ece_samples(confidence, correct, weights), level),
         }
 
-    clean = {**accuracy_entry(m.clean_correct), **ece_entry(m.clean_confidence, m.clean_correct, weights)}
+    def cell_entry(correct: np.ndarray, confidence: np.ndarray) -> dict:
+        """One cell is one slice of the run: the slice's figures (results/slices.py)."""
+        return {**accuracy_entry(correct, level), **ece_entry(confidence, correct, level, resamples, seed)}
+
+    clean = cell_entry(m.clean_correct, m.clean_confidence)
     cells = []
     for k, (name, severity) in enumerate(m.cells):
-        drop, lo, hi = paired_difference_interval(m.clean_correct, m.correct[k], level)
+        drop = paired_difference(m.clean_correct, m.correct[k], level)
         cells.append(
             {
                 "corruption": name,
                 "family": families[name],
                 "severity": int(severity),
-                **accuracy_entry(m.correct[k]),
-                "drop": drop,
-                "drop_interval": [lo, hi],
-                **ece_entry(m.confidence[k], m.correct[k], weights),
+                **cell_entry(m.correct[k], m.confidence[k]),
+                "drop": drop.estimate,
+                "drop_interval": [drop.lo, drop.hi],
             }
         )
 
@@ -242,7 +234,7 @@ def robustness_figures(
         corruptions[name] = {
             "family": families[name],
             **mean_entry(rows),
-            **ece_entry(pooled_conf, pooled_correct, weights),
+            **ece_by_source(pooled_conf, pooled_correct),
         }
     families_out = {}
     for family in dict.fromkeys(families[c] for c, _ in m.cells):
@@ -329,3 +321,88 @@ def corruption_errors(
         "relative_undefined": [n for n, v in zip(names, rel_all) if np.isnan(v[0])],
         "clean_error": {"model": float(clean_a[0] / n), "reference": float(clean_b[0] / n)},
     }
+
+
+# ------------------------------------------------------------------ a streamed run's outcomes
+@dataclasses.dataclass(frozen=True)
+class RunOutcomes:
+    """A robustness run's answered requests as Outcomes, and what had to be left out to keep the cells paired."""
+
+    outcomes: Outcomes
+    sources: int  # source images in every cell
+    incomplete_sources: int  # source images left out: some cell of theirs was not answered (or not by both models)
+
+
+def is_robustness_run(r: RunResult) -> bool:
+    """Whether the run's image ids name cells (a robustness run); decided by its first answer."""
+    return len(r.answers) > 0 and parse_cell_id(r.answers.image[0]) is not None
+
+
+def outcomes_of(*runs: RunResult) -> list[RunOutcomes] | None:
+    """Each run's outcomes, on the source images answered in every cell by every run (so the cells pair with
+    the clean one and the runs with each other); None when a run's image ids do not name cells."""
+    parsed = []
+    for r in runs:
+        cells = [parse_cell_id(i) for i in r.answers.image]
+        if not cells or any(c is None for c in cells):
+            return None
+        parsed.append(cells)
+    # A source is complete when every run answered it in every cell any run has.
+    all_cells = {(c, s) for cells in parsed for _, c, s in cells}
+    complete = None
+    for cells in parsed:
+        seen: dict[str, set] = {}
+        for source, c, s in cells:
+            seen.setdefault(source, set()).add((c, s))
+        full = {source for source, got in seen.items() if got == all_cells}
+        complete = full if complete is None else complete & full
+    everyone = set.union(*({source for source, _, _ in cells} for cells in parsed))
+    # IDX sources are indices: as numbers they sort as the offline evaluation's do, so the bootstrap draws
+    # the same images and the intervals are the offline ones too (a folder's class/file ids stay text).
+    numeric = all(source.isdigit() for source in everyone)
+    out = []
+    for r, cells in zip(runs, parsed):
+        keep = np.array([source in complete for source, _, _ in cells], bool)
+        a = r.answers
+        outcomes = Outcomes.from_predictions(
+            source=[int(source) if numeric else source for (source, _, _), k in zip(cells, keep) if k],
+            corruption=[c for (_, c, _), k in zip(cells, keep) if k],
+            severity=[s for (_, _, s), k in zip(cells, keep) if k],
+            labels=a.label[keep],
+            predictions=a.prediction[keep],
+            confidences=a.confidence[keep].astype(np.float64),
+        )
+        out.append(RunOutcomes(outcomes, len(complete), len(everyone) - len(complete)))
+    return out
+
+
+def cell_comparison(a: Outcomes, b: Outcomes, level: float = LEVEL, alpha: float = 0.05) -> list[dict]:
+    """Every cell (clean first) of model B against model A on the same images: both accuracies, B - A with
+    Newcombe's paired interval, the exact McNemar p-value, and Holm's correction over all the cells (76 cells
+    tested at 5% would find about four "significant" differences between equal models)."""
+    ma, mb = cell_matrix(a), cell_matrix(b)
+    if ma.cells != mb.cells or not np.array_equal(ma.sources, mb.sources):
+        raise ValueError("the two models must be evaluated on the same cells and source images")
+    rows = []
+    for (name, severity), ra, rb in zip(
+        [(CLEAN, 0), *ma.cells], [ma.clean_correct, *ma.correct], [mb.clean_correct, *mb.correct]
+    ):
+        paired = stats.compare_paired(ra, rb, level)
+        rows.append(
+            {
+                "corruption": name,
+                "severity": int(severity),
+                "n": paired.n,
+                "accuracy_a": float(ra.mean()),
+                "accuracy_b": float(rb.mean()),
+                "difference": paired.difference.estimate,
+                "difference_interval": [paired.difference.lo, paired.difference.hi],
+                "a_right_b_wrong": paired.a_right_b_wrong,
+                "a_wrong_b_right": paired.a_wrong_b_right,
+                "p_value": paired.p_value,
+            }
+        )
+    adjusted, reject = stats.holm([row["p_value"] for row in rows], alpha)
+    for row, p, significant in zip(rows, adjusted, reject):
+        row["p_holm"], row["significant"] = float(p), bool(significant)
+    return rows
