@@ -304,12 +304,13 @@ def _compared_note(rows: list[dict]) -> str:
     )
 
 
-def _compared_table(rows: list[dict]) -> Table:
+def _paired_table(first: str, names: list[str], rows: list[dict]) -> Table:
+    """B against A, one row per cell or slice value (named by `names`), on the same images."""
     return Table(
-        ["Cell", "Images", "Accuracy A", "Accuracy B", "B - A (paired)", "McNemar p", "Verdict"],
+        [first, "Images", "Accuracy A", "Accuracy B", "B - A (paired)", "McNemar p", "Verdict"],
         [
             [
-                f"{row['corruption']} {row['severity']}" if row["corruption"] != CLEAN else "clean",
+                name,
                 Cell(row["n"], "count"),
                 pct(row["accuracy_a"]),
                 pct(row["accuracy_b"]),
@@ -317,9 +318,14 @@ def _compared_table(rows: list[dict]) -> Table:
                 Cell(row["p_value"], "p_value"),
                 _difference_note(row),
             ]
-            for row in rows
+            for name, row in zip(names, rows)
         ],
     )
+
+
+def _compared_table(rows: list[dict]) -> Table:
+    names = [f"{row['corruption']} {row['severity']}" if row["corruption"] != CLEAN else "clean" for row in rows]
+    return _paired_table("Cell", names, rows)
 
 
 def _robustness_terminal(f: dict, errors: dict | None, compared: list[dict] | None, settings: dict) -> list[str]:
@@ -419,21 +425,7 @@ def _slice_table(column: str, rows: list[dict]) -> Table:
 
 
 def _slice_compared_table(column: str, rows: list[dict]) -> Table:
-    return Table(
-        [f"B against A by {column}", "Images", "Accuracy A", "Accuracy B", "B - A (paired)", "McNemar p", "Verdict"],
-        [
-            [
-                row["value"],
-                Cell(row["n"], "count"),
-                pct(row["accuracy_a"]),
-                pct(row["accuracy_b"]),
-                pts(row["difference"], row["difference_interval"]),
-                Cell(row["p_value"], "p_value"),
-                _difference_note(row),
-            ]
-            for row in rows
-        ],
-    )
+    return _paired_table(f"B against A by {column}", [row["value"] for row in rows], rows)
 
 
 def plot_slices(path: Path, columns: dict[str, list[dict]]) -> Path:
