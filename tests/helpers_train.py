@@ -7,6 +7,7 @@ once per pytest session (cached here) however many modules ask for it.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -129,3 +130,28 @@ def smoke_model(tmp_path_factory) -> Path:
         assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout}\n{proc.stderr}"
         _SMOKE_MODELS["fashion_mnist"] = workdir
     return _SMOKE_MODELS["fashion_mnist"]
+
+
+def mains_in_one_process(module: str, cases: list[list[str]], heavy: tuple[str, ...]) -> tuple[list, list[str]]:
+    """Run `module`'s main(argv) for every argv in one fresh interpreter.
+
+    Returns ([exit code, stderr] per case, the modules under `heavy` that got imported): a flag
+    refused before anything starts leaves JAX, Flax, Orbax and the Pub/Sub client unimported.
+    """
+    script = (
+        "import contextlib, io, json, sys\n"
+        f"from {module} import main\n"
+        "out = []\n"
+        f"for argv in {cases!r}:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            code = main(argv)\n"
+        "        except SystemExit as exit:  # configs/flags.py's FlagParser exits 2 itself\n"
+        "            code = exit.code\n"
+        "    out.append([code, err.getvalue()])\n"
+        f"print(json.dumps([out, sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})]))\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    results, imported = json.loads(proc.stdout)
+    return results, imported

@@ -3,13 +3,11 @@ evaluation (`python -m train.evaluate --corruptions ...`)."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers_train import mains_in_one_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -24,7 +22,7 @@ from results.robustness import (
     robustness_figures,
 )
 from results.stats import wilson_bounds
-from tests.conftest import REPO, SHIPPED_MODEL
+from tests.conftest import SHIPPED_MODEL
 from train.corruptions import (
     CORRUPTIONS,
     SEVERITIES,
@@ -182,22 +180,7 @@ def test_bad_flags_exit_2_with_one_line_before_jax_loads():
         ["--per-cell", "10"],
         ["--corruptions", "fog", "--limit", "-1"],  # (0 is the whole test set)
     ]
-    script = (
-        "import contextlib, io, json, sys\n"
-        "from train.evaluate import main\n"
-        "out = []\n"
-        f"for argv in {cases!r}:\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        try:\n"
-        "            code = main(argv)\n"
-        "        except SystemExit as exit:  # configs/flags.py's FlagParser exits 2 itself\n"
-        "            code = exit.code\n"
-        "    out.append([code, err.getvalue()])\n"
-        "print(json.dumps([out, sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'orbax'))]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
-    results, heavy = json.loads(proc.stdout)
+    results, heavy = mains_in_one_process("train.evaluate", cases, ("jax", "flax", "orbax"))
     assert heavy == []
     for argv, (code, err) in zip(cases, results):
         assert code == 2, argv

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_train import mains_in_one_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -195,22 +196,7 @@ def test_bad_robustness_and_slices_flags_exit_2_with_one_line_before_jax_loads(t
         ["--slices", str(bad_csv)],
         ["--slices", str(write_csv(tmp_path / "i.csv", "index,a\n1,x\n")), "--dataset", "folder:/somewhere"],
     ]
-    script = (
-        "import contextlib, io, json, sys\n"
-        "from streamer.__main__ import main\n"
-        "out = []\n"
-        f"for argv in {cases!r}:\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        try:\n"
-        "            code = main(argv)\n"
-        "        except SystemExit as exit:  # configs/flags.py's FlagParser exits 2 itself\n"
-        "            code = exit.code\n"
-        "    out.append([code, err.getvalue()])\n"
-        "print(json.dumps([out, sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'orbax', 'google'))]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
-    results, heavy = json.loads(proc.stdout)
+    results, heavy = mains_in_one_process("streamer.__main__", cases, ("jax", "flax", "orbax", "google"))
     assert heavy == []
     for argv, (code, err) in zip(cases, results):
         assert code == 2, argv
