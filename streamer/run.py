@@ -26,7 +26,7 @@ from configs import from_args, load_config
 from results import metrics
 from results.compare import offline_check
 from results.machine import machine
-from results.run import OfflineCheck, RunInfo, RunResult, dataset_identity
+from results.run import RunInfo, RunResult, dataset_identity
 from results.slices import SliceError, SliceTable, join_slices
 from streamer.collector import Collector, ResultPump, progress_text
 from streamer.datasets import load_dataset, robustness_set
@@ -266,19 +266,6 @@ def _versions() -> dict:
     return {name: version(name) for name in ("jax", "flax", "google-cloud-pubsub", "numpy")}
 
 
-def verify_offline(result: RunResult, offline: RunResult) -> OfflineCheck:
-    """Every streamed prediction against `python -m train.evaluate` on the same checkpoint and images:
-    two run results over the same images, compared (results/compare.py: offline_check). `offline` is
-    the evaluation of the images as the server decoded them (a robustness run's PNGs: load_image of
-    each, streamer/datasets.py).
-
-    Same loader, same predict function, same batch size; no broker. The rule is results/agreement.py's:
-    labels identical, confidences within its tolerance (the server's batch sizes differ from the
-    offline one's, and XLA's last float digits with them).
-    """
-    return offline_check(result, offline)
-
-
 WARM_UP_RATE = 2000.0  # img/s: fast enough to be short, slow enough to look like a stream
 
 
@@ -421,7 +408,10 @@ def run(args, config) -> int:
         result.run.robustness = robust.info if robust else None
         result.run.slices = slice_info
         if args.verify and metrics.counts(result)["answered"]:
-            result.offline = verify_offline(result, offline[model_dir])
+            # Every streamed prediction against `python -m train.evaluate` of the same checkpoint on the
+            # images as the server decoded them: labels identical, confidences within results/agreement.py's
+            # tolerance (the server's batch sizes differ from the offline one's, and XLA's last digits with them).
+            result.offline = offline_check(result, offline[model_dir])
     a, b = results[0], (results[1] if args.compare else None)
     out_dir = Path(config.collector.reports_dir) / (time.strftime("%Y%m%d-%H%M%S") + f"-{run_id}")
     shown = Shown.of(a, b, interval_settings(config))  # every figure and its interval, computed once
