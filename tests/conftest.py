@@ -35,19 +35,27 @@ REPO = Path(__file__).resolve().parent.parent
 # Every test server and training subprocess compiles the same XLA programs (a server's ten batch
 # buckets: 2-4 s of its start). One persistent compilation cache for the session's processes
 # compiles each program once. XLA_FLAGS are part of the cache key, so a run capped with
-# --xla_cpu_max_isa compiles its own programs.
-_JAX_CACHE = tempfile.mkdtemp(prefix="jax-cache-")
+# --xla_cpu_max_isa compiles its own programs. pytest-xdist workers inherit the controller's
+# environment, so they share the controller's cache, and only the controller removes it.
+_OWN_CACHE: str | None = None
+
+
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def pytest_configure(config):
     """Before collection imports anything that imports JAX."""
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+    global _OWN_CACHE
+    if not _is_xdist_worker(config) and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_JAX_CACHE, ignore_errors=True)
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 SHIPPED_MODEL = REPO / "models" / "fashion-mnist"
