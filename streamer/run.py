@@ -57,11 +57,10 @@ def run(config: ml_collections.ConfigDict, options: RunOptions) -> int:
     with RunSession(config, options, plan.model_dirs) as session:
         offline = {d: future.result() for d, future in offline.items()}
         s = config.streamer
-        warm = None
-        if not options.collect_only:
-            warm = session.warm_up(
-                plan.data.images, warm_up_size(len(plan.data), s.warm_up, s.warm_up_from, options.warm_up)
-            )
+        warm_up = (
+            0 if options.collect_only else warm_up_size(len(plan.data), s.warm_up, s.warm_up_from, options.warm_up)
+        )
+        warm = session.warm_up(plan.data.images, warm_up)
         results = asyncio.run(
             stream_and_collect(
                 session, config, plan.run_id, plan.data, plan.identities, publish=not options.collect_only
@@ -147,6 +146,22 @@ def state_file_size(state_file: str | None) -> int | None:
     with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
         return int(json.loads(Path(state_file).read_text())["n"])
     return None
+
+
+def slices_of(table: SliceTable | None, source: Dataset) -> tuple[dict[str, dict[str, str]] | None, dict | None]:
+    """--slices joined to the dataset's images: (column -> {image id -> value}, what was used for RunInfo.slices);
+    RunError (one line) when the file names none of the images."""
+    if table is None:
+        return None, None
+    _, ids = dataset_identity(source)
+    try:
+        columns, unmatched = join_slices(table, ids)
+    except SliceError as err:
+        raise RunError(str(err)) from None
+    if unmatched:
+        log.warning("--slices %s: %d of its %d rows name no image of this run", table.path, unmatched, len(table.rows))
+    info = {"file": table.path, "key": table.key, "columns": list(table.columns), "unmatched_rows": unmatched}
+    return {column: dict(zip(ids, values)) for column, values in columns.items()}, info
 
 
 def warm_up_size(images: int, cap: int, from_images: int, asked: int | None = None) -> int:
@@ -418,22 +433,7 @@ def report(config: ml_collections.ConfigDict, plan: RunPlan, a: RunResult, b: Ru
         print("\n".join(part.terminal))
 
 
-def slices_of(table: SliceTable | None, source: Dataset) -> tuple[dict[str, dict[str, str]] | None, dict | None]:
-    """--slices joined to the dataset's images: (column -> {image id -> value}, what was used for RunInfo.slices);
-    RunError (one line) when the file names none of the images."""
-    if table is None:
-        return None, None
-    _, ids = dataset_identity(source)
-    try:
-        columns, unmatched = join_slices(table, ids)
-    except SliceError as err:
-        raise RunError(str(err)) from None
-    if unmatched:
-        log.warning("--slices %s: %d of its %d rows name no image of this run", table.path, unmatched, len(table.rows))
-    info = {"file": table.path, "key": table.key, "columns": list(table.columns), "unmatched_rows": unmatched}
-    return {column: dict(zip(ids, values)) for column, values in columns.items()}, info
-
-
+# ------------------------------------------------------------- verdict
 # The evaluator's exit status (README): 0 = every request answered with a prediction, identical to the
 # offline evaluation; 1 = some request got no result or an error result, or the run was interrupted;
 # 2 = it could not start (broker, model, dataset, flags); 3 = the streamed predictions differ from offline.
