@@ -63,21 +63,17 @@ class Server:
     """A server subprocess (real, echo or naive) on its own topic suffix; `cpus` pins it (taskset)."""
 
     def __init__(self, kind: str, suffix: str, replicas: int = 1, extra: tuple[str, ...] = (), cpus: str | None = None):
-        cmd = [sys.executable, "-m", MODULES[kind], "--topic-suffix", suffix, "--model", str(MODEL_DIR), *extra]
-        if cpus is not None:
-            cmd = ["taskset", "-c", cpus, *cmd]
+        args = ["--topic-suffix", suffix, "--model", str(MODEL_DIR), *extra]
         if kind != "naive":
-            cmd += ["--replicas", str(replicas)] + (["--echo"] if kind == "echo" else [])
+            args += ["--replicas", str(replicas)] + (["--echo"] if kind == "echo" else [])
         fd, log_path = tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")
         os.close(fd)
-        self.proc = process.start(cmd, REPO, log_path)
-        ready = process.ReadyWatcher(self.proc, log_path)
+        pin = ["taskset", "-c", cpus] if cpus is not None else []
         try:
-            ready.wait(replicas, timeout=180)
+            self.child = process.start_server(MODULES[kind], args, log_path, replicas, timeout=180, prefix=pin)
         except process.ProcessError as err:
-            process.stop_group(self.proc)
             raise RuntimeError(f"{kind} server: {err}") from None
-        self.pids = ready.pids
+        self.proc, self.pids = self.child.proc, self.child.pids
 
     def cpu_s(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids)
@@ -86,7 +82,7 @@ class Server:
         return max(peak_rss_mb(pid) for pid in self.pids)
 
     def stop(self) -> None:
-        process.stop_group(self.proc)
+        self.child.stop()
 
 
 @contextlib.contextmanager

@@ -69,16 +69,11 @@ class Server:
 
     def __init__(self, suffix: str, policy: str, extra: tuple[str, ...] = ()):
         self.port = free_port()
-        cmd = [sys.executable, "-m", "server", "--topic-suffix", suffix, "--batching", policy]
-        cmd += ["--metrics-port", str(self.port), *extra]
+        args = ["--topic-suffix", suffix, "--batching", policy, "--metrics-port", str(self.port), *extra]
         fd, self.log_path = tempfile.mkstemp(prefix=f"stages-{policy}-", suffix=".log")
         os.close(fd)
-        self.proc = process.start(cmd, REPO, self.log_path)
-        try:
-            process.ReadyWatcher(self.proc, self.log_path).wait(1, timeout=180)
-        except process.ProcessError:
-            process.stop_group(self.proc)
-            raise
+        self.child = process.start_server("server", args, self.log_path, timeout=180)
+        self.proc = self.child.proc
 
     def scrape(self) -> dict[str, float]:
         """Every sample's value by 'name{labels}'."""
@@ -93,7 +88,7 @@ class Server:
         return out
 
     def stop(self) -> None:
-        process.stop_group(self.proc)
+        self.child.stop()
 
 
 # ------------------------------------------------------------------- a run

@@ -1,8 +1,9 @@
 """The rig's child processes: start them in their own group, hear their ready line, always stop them.
 
 The one home of the "server ready" protocol. A server prints one line per replica when it
-serves; whoever started it (the streamer, `make bench`, the test fixtures) waits for those
-lines through ReadyWatcher and stops the whole process group with stop_group().
+serves; whoever starts one (the streamer, `make bench`, the test fixtures) does it through
+start_server() / ServerChild, which waits for those lines through ReadyWatcher and stops the
+whole process group with stop_group().
 
     server ready: model <id> buckets [..] subscription <path> pid <pid>[ (broker: export ...)]
 """
@@ -15,12 +16,14 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 READY_PREFIX = "server ready"
+REPO = Path(__file__).resolve().parent.parent  # `python -m <module>` runs from here
 
 
 class ProcessError(Exception):
@@ -127,3 +130,74 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
         with contextlib.suppress(OSError):
             proc.stdout.close()
     return proc.returncode
+
+
+class ServerChild:
+    """`python -m <module> <args>` (a server: its replicas each print a ready line) in its own process group.
+
+    stderr goes to `log_path`; `prefix` goes before the interpreter (e.g. `taskset -c 1` to pin it).
+    Broker knows no server: the module is only a name here.
+    """
+
+    def __init__(
+        self,
+        module: str,
+        args: Sequence[str],
+        log_path: str | Path,
+        replicas: int = 1,
+        prefix: Sequence[str] = (),
+        cwd: str | Path = REPO,
+        env: dict | None = None,
+    ):
+        self.module, self.replicas, self.log_path = module, replicas, Path(log_path)
+        self.proc = start([*prefix, sys.executable, "-m", module, *args], cwd, log_path, env)
+        self.ready = ReadyWatcher(self.proc, log_path)
+
+    def wait_ready(self, timeout: float = 180.0) -> list[str]:
+        """Block until every replica's ready line arrived (returned); if it exits first or time runs out, stop the
+        whole group and raise ProcessError (one line)."""
+        try:
+            return self.ready.wait(self.replicas, timeout)
+        except ProcessError:
+            stop_group(self.proc, timeout=5.0)
+            raise
+
+    @property
+    def lines(self) -> list[str]:
+        return self.ready.lines
+
+    @property
+    def pids(self) -> list[int]:
+        return self.ready.pids
+
+    def last_log_line(self) -> str:
+        return self.ready.last_log_line()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (graceful drain) the whole group, SIGKILL after `timeout`; idempotent."""
+        return stop_group(self.proc, timeout)
+
+    def __enter__(self) -> ServerChild:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_server(
+    module: str,
+    args: Sequence[str],
+    log_path: str | Path,
+    replicas: int = 1,
+    timeout: float = 180.0,
+    prefix: Sequence[str] = (),
+    cwd: str | Path = REPO,
+) -> ServerChild:
+    """The one way the rig starts a server: `python -m <module> <args>`, returned once all `replicas` ready lines
+    arrived; ProcessError (one line, the child stopped) if it exits first or is not ready within `timeout` s."""
+    child = ServerChild(module, args, log_path, replicas, prefix, cwd)
+    child.wait_ready(timeout)
+    return child

@@ -527,13 +527,47 @@ class Subscription:
         self.client.close()
 
 
-def pull_all(subscription_path: str, timeout: float = 2.0) -> list[Received]:
-    """Drain a subscription (e.g. the dead-letter one) and ack everything; for tests and reports."""
-    puller, out = Puller(subscription_path), []
+def pull_until(
+    subscription_path: str,
+    n: int | None,
+    timeout: float,
+    *,
+    count: Callable[[Received], int] = lambda message: 1,
+    keep: Callable[[Received], bool] | None = None,
+    on_batch: Callable[[list[Received]], None] | None = None,
+    stop: threading.Event | None = None,
+    until_empty: bool = False,
+    poll_s: float = 1.0,
+) -> list[Received]:
+    """The one "pull until N" loop: pull until the kept messages count `n` (None: no count), `timeout` s pass,
+    `stop` is set, or (until_empty) one pull of `poll_s` s brings nothing. Every wait is bounded: each pull by
+    `poll_s`, the whole by `timeout` (math.inf only with a `stop` event: until stopped).
+
+    A message counts count(message): a result message holds several results. Kept messages (all, unless `keep`
+    says) are acked and returned in arrival order; the others are nacked, so they are redelivered at once to
+    whoever else pulls. `on_batch` sees each pulled batch before it is acked (e.g. to note when it came). When
+    time runs out it returns what it has: the caller says what too few means.
+    """
+    puller, kept, counted = Puller(subscription_path), [], 0
+    deadline = time.monotonic() + timeout
     try:
-        while batch := puller.pull(timeout=timeout):
-            out.extend(batch)
-            puller.ack([m.ack_id for m in batch])
+        while (n is None or counted < n) and not (stop is not None and stop.is_set()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            batch = puller.pull(timeout=min(poll_s, remaining))
+            if on_batch is not None:
+                on_batch(batch)
+            mine = batch if keep is None else [m for m in batch if keep(m)]
+            if mine:
+                puller.ack([m.ack_id for m in mine])
+            if len(mine) < len(batch):
+                taken = {m.ack_id for m in mine}
+                puller.nack([m.ack_id for m in batch if m.ack_id not in taken])
+            kept.extend(mine)
+            counted += sum(map(count, mine))
+            if until_empty and not batch:
+                break
     finally:
         puller.close()
-    return out
+    return kept

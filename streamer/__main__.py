@@ -142,11 +142,11 @@ def plan_problem(args: argparse.Namespace) -> str | None:
 
 def plan(args: argparse.Namespace) -> int:
     """--plan-delta: the images needed, printed; the baseline from --plan-accuracy or the model's metadata.json."""
-    from configs import from_args
     from results.compare import plan as plan_lines
     from results.metrics import Uncertainty
+    from streamer.options import resolve
 
-    config = from_args(args, "stream.py")
+    config, _ = resolve(args)
     u = Uncertainty(**config.intervals)
     if args.plan_accuracy is not None:
         baseline, source = args.plan_accuracy / 100, "--plan-accuracy"

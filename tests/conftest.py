@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import signal
@@ -23,10 +25,10 @@ from broker.pubsub import (
     EMULATOR_PROJECT,
     Publisher,
     PublishSettings,
-    Puller,
     Topology,
     delete_topology,
     ensure_topology,
+    pull_until,
 )
 from configs import load_config
 
@@ -117,42 +119,24 @@ def test_images():
     return load_fashion_mnist("test", 2000)
 
 
-class ServerProcess:
+class ServerProcess(process.ServerChild):
     """`python -m server` as a subprocess on a test topology; always stopped by the fixture."""
 
     def __init__(self, topology_suffix: str, model: Path, *extra: str, replicas: int = 1):
-        cmd = [
-            sys.executable,
-            "-m",
-            "server",
-            "--topic-suffix",
-            topology_suffix,
-            "--model",
-            str(model),
-            "--replicas",
-            str(replicas),
-            "--log-level",
-            "INFO",
-            *extra,
-        ]
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"test-server-{uuid.uuid4().hex[:8]}.log"
-        self.proc = process.start(cmd, REPO, self.log_path)
-        self.ready = process.ReadyWatcher(self.proc, self.log_path)
-        self.replicas = replicas
+        args = ["--topic-suffix", topology_suffix, "--model", str(model), "--replicas", str(replicas)]
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"test-server-{uuid.uuid4().hex[:8]}.log"
+        super().__init__("server", [*args, "--log-level", "INFO", *extra], log_path, replicas)
 
     @property
     def ready_lines(self) -> list[str]:
-        return self.ready.lines
+        return self.lines
 
     def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
         try:
-            self.ready.wait(self.replicas, timeout)
+            super().wait_ready(timeout)
         except process.ProcessError as err:
             raise AssertionError(f"{err}:\n{self.log_text()[-3000:]}") from None
         return self
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout: float = 40.0) -> int:
         if self.proc.poll() is None:
@@ -233,23 +217,11 @@ def publish_raw(topo: Topology, data: bytes, ordering_key: str = "", **attribute
 
 def collect_results(topo: Topology, expect: int, timeout: float = 60.0) -> tuple[list[dict], list[dict]]:
     """Pull result messages until `expect` individual results arrived; returns (results, message bodies)."""
-    import json
-
-    puller = Puller(topo.results_subscription_path)
-    results, bodies = [], []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(results) < expect and time.monotonic() < deadline:
-            messages = puller.pull(timeout=1.0)
-            for m in messages:
-                body = json.loads(m.data)
-                bodies.append(body)
-                results.extend(body["results"])
-            if messages:
-                puller.ack([m.ack_id for m in messages])
-    finally:
-        puller.close()
-    return results, bodies
+    messages = pull_until(
+        topo.results_subscription_path, expect, timeout, count=lambda m: len(json.loads(m.data)["results"])
+    )
+    bodies = [json.loads(m.data) for m in messages]
+    return [r for body in bodies for r in body["results"]], bodies
 
 
 def publish_messages(topo: Topology, messages: list[tuple[bytes, str, dict[str, str]]]) -> list[str]:
@@ -286,23 +258,17 @@ class ResultWatcher:
         self.thread.join(10)
 
     def _run(self) -> None:
-        import json
-
-        puller = Puller(self.topo.results_subscription_path)
         try:
-            while not self.stopping.is_set():
-                messages = puller.pull(timeout=1.0)
-                now = time.monotonic()
-                with self.lock:
-                    for m in messages:
-                        body = json.loads(m.data)
-                        self.arrivals.extend((now, r, body.get("replica", "")) for r in body["results"])
-                if messages:
-                    puller.ack([m.ack_id for m in messages])
+            pull_until(self.topo.results_subscription_path, None, math.inf, on_batch=self._record, stop=self.stopping)
         except BaseException as err:  # reported by wait_for()
             self.error = err
-        finally:
-            puller.close()
+
+    def _record(self, messages: list) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for m in messages:
+                body = json.loads(m.data)
+                self.arrivals.extend((now, r, body.get("replica", "")) for r in body["results"])
 
     def snapshot(self) -> list[tuple[float, dict, str]]:
         with self.lock:

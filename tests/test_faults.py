@@ -28,7 +28,7 @@ from PIL import Image
 from broker import wire
 from broker.emulator import Emulator, free_port
 from broker.errors import BrokerError
-from broker.pubsub import EMULATOR_PROJECT, Publisher, Puller, create_subscription, create_topic, pull_all
+from broker.pubsub import EMULATOR_PROJECT, Publisher, create_subscription, create_topic, pull_until
 from tests.conftest import (
     REPO,
     ResultWatcher,
@@ -388,7 +388,7 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
     publish_images(topology, images[:1], run_id="after")
     with ResultWatcher(topology) as again:
         assert again.wait_for(["after-0"], timeout=30), "the server must keep serving after the flood"
-    assert pull_all(topology.dead_letter_subscription_path, timeout=0.5) == []
+    assert pull_until(topology.dead_letter_subscription_path, None, 30.0, until_empty=True, poll_s=0.5) == []
     reasons = Counter(r["error"] for r in errors_by_message.values())
     kinds = Counter(kind for *_, kind in bad)
     total = Counter(r["message_id"] if "error" in r else r["request_id"] for _, r, _ in arrivals)
@@ -406,15 +406,8 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
 @pytest.mark.timeout(60)
 def test_message_near_the_broker_limit_can_be_pulled(topology):
     publish_raw(topology, os.urandom(int(9.5 * 2**20)), "big", request_id="big-0", content_type=wire.RAW)
-    puller = Puller(topology.requests_subscription_path)
-    try:
-        deadline, messages = time.monotonic() + 20, []
-        while not messages and time.monotonic() < deadline:
-            messages = puller.pull(timeout=5.0)
-        assert [m.attributes["request_id"] for m in messages] == ["big-0"]
-        puller.ack([m.ack_id for m in messages])
-    finally:
-        puller.close()
+    messages = pull_until(topology.requests_subscription_path, 1, 20.0, poll_s=5.0)
+    assert [m.attributes["request_id"] for m in messages] == ["big-0"]
 
 
 # ------------------------------------------------- 3. the broker is unreachable at start
@@ -643,15 +636,7 @@ def test_ordered_publisher_resumes_a_key_after_a_failed_publish(emulator, suffix
         for i in range(4, 8):  # the wrapper: publishing on the key goes on
             publisher.publish(f"m{i}".encode(), "k").result(timeout=30)
 
-        puller, got = Puller(subs[1]), []
-        try:
-            deadline = time.monotonic() + 20
-            while len(got) < 4 and time.monotonic() < deadline:
-                messages = puller.pull(timeout=2.0)
-                got += [m.data.decode() for m in messages]
-                puller.ack([m.ack_id for m in messages])
-        finally:
-            puller.close()
+        got = [m.data.decode() for m in pull_until(subs[1], 4, 20.0, poll_s=2.0)]
         assert got == ["m4", "m5", "m6", "m7"]
     finally:
         publisher.close()
