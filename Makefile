@@ -32,8 +32,9 @@ emulator-check: setup
 run: setup
 	$(PY) -m streamer --rate 200
 
+# Two workers (pytest-xdist), one per core; a file's tests stay on one worker, so its fixtures are built once.
 test: setup emulator-check
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 train: setup
 	$(PY) -m train --config configs/default.py --workdir models/fashion-mnist
