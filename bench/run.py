@@ -672,10 +672,10 @@ def main(args) -> int:
             cap = r["capacity"]["capacity"]
         if "sweep" in only:
             step(f"rate sweep, {', '.join(f'{f:.0%}' for f in s['fractions'])} of {cap:.0f} img/s")
-            r["rate_sweep"] = sweep.rate_sweep(s, cap)
+            r["rate_sweep"] = sweep.rate_sweep(s, cap, load_fashion_mnist("test").images)
         if "streams" in only:
             step(f"streams {s['stream_counts']} at {min(s['fractions']):.0%} of capacity, server and echo")
-            r["streams"] = sweep.streams_sweep(s, cap)
+            r["streams"] = sweep.streams_sweep(s, cap, load_fashion_mnist("test").images)
         os.environ.pop("PUBSUB_EMULATOR_HOST", None)
     if "coldstart" in only:
         step("cold start")

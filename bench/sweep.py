@@ -15,8 +15,11 @@ Settings and targets live in configs/bench.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+
+import numpy as np
 
 from bench import run as bench_run
 from broker.pubsub import ensure_topology
@@ -68,10 +71,14 @@ def summary(points: list[dict]) -> dict:
         "latency_ms": {k: spread([p["latency_ms"][k] for p in points]) for k in KEYS},
         "queue_ms": {k: spread([p["queue_ms"][k] for p in points]) for k in ("p50", "p99")},
         "compute_ms": {k: spread([p["compute_ms"][k] for p in points]) for k in ("p50", "p99")},
+        "batch_wait_ms": {k: spread([p["batch_wait_ms"][k] for p in points]) for k in ("p50", "p99")},
+        "stages_ms": {
+            name: {k: spread([p["stages_ms"][name][k] for p in points]) for k in ("mean", "p50")}
+            for name in points[0]["stages_ms"]
+        },
         "achieved": spread([p["achieved"] for p in points]),
         "mean_batch": spread([p["mean_batch"] for p in points]),
         "missing": sum(p["missing"] for p in points),
-        "ordering_violations": sum(p["ordering_violations"] for p in points),
         "load_1min": [p["load_1min"] for p in points],
         "runs": points,
     }
@@ -110,46 +117,92 @@ def capacity(s: dict, emulator) -> dict:
     return out
 
 
-def rate_sweep(s: dict, cap: float) -> dict:
-    """One server offered each fraction of `cap`; the repeats interleaved."""
-    from tqdm import tqdm
+def timed_point(topo, images, rate: float, streams: int) -> dict:
+    """One in-process run (bench.stages.timed_run: the streamer's own publishing, a plain results puller):
+    latency, the server's share of it stage by stage, and the batches."""
+    from bench import stages
 
-    suffix = bench_run.fresh()
-    ensure_topology(bench_run.topology(suffix))
-    runs: dict[float, list[dict]] = {f: [] for f in s["fractions"]}
-    with (
-        bench_run.server("server", suffix),
-        tqdm(total=s["repeats"] * len(runs), desc="rate sweep", unit="point") as bar,
-    ):
-        for _ in range(s["repeats"]):
-            for f in s["fractions"]:
-                report = bench_run.stream(suffix, s["images_per_point"], round(f * cap, 1), streams=s["streams"])
-                runs[f].append(point(report))
-                bar.set_postfix_str(f"{f:.0%}: p99 {report['latency_ms']['p99']:.0f} ms")
-                bar.update()
+    run = stages.timed_run(topo, images, rate, streams)
+    st = run["stages"]
+    st["compute"] = st["decode"] + st["model"]
+    e2e = st["end_to_end"]
+    e2e = e2e[np.isfinite(e2e)]
+    quantile = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
     return {
-        "capacity": cap,
-        "points": [{"fraction": f, "rate": round(f * cap, 1), **summary(points)} for f, points in runs.items()],
+        "achieved": run["achieved_rate"],
+        "img_per_s": run["throughput"],
+        "latency_ms": {
+            **{k: float(np.quantile(e2e, q)) for k, q in quantile.items()},
+            "max": float(e2e.max()),
+            "mean": float(e2e.mean()),
+        },
+        **{
+            f"{name}_ms": {k: float(np.nanquantile(st[name], quantile[k])) for k in ("p50", "p99")}
+            for name in ("queue", "compute", "batch_wait")
+        },
+        "stages_ms": {
+            name: {"mean": float(np.nanmean(st[name])), "p50": float(np.nanquantile(st[name], 0.5))}
+            for name in (*stages.ADDITIVE, "batch_wait", "end_to_end")
+        },
+        "mean_batch": float(np.mean(run["batch_size"])) if len(run["batch_size"]) else None,
+        "missing": run["sent"] - run["answered"],
+        "load_1min": load(),
     }
 
 
-def streams_sweep(s: dict, cap: float) -> dict:
+@contextlib.contextmanager
+def served(kind: str, policy: str, warm_up: np.ndarray):
+    """A fresh topology and server (`kind` server or echo, batching `policy`), warmed up untimed."""
+    suffix = bench_run.fresh()
+    topo = bench_run.topology(suffix)
+    ensure_topology(topo)
+    with bench_run.server(kind, suffix, extra=("--batching", policy)):
+        if len(warm_up):
+            timed_point(topo, warm_up, 0, 16)
+        yield topo
+
+
+def rate_sweep(s: dict, cap: float, images: np.ndarray) -> dict:
+    """One server per batching policy offered each fraction of `cap`; the repeats interleaved."""
+    from tqdm import tqdm
+
+    timed, warm = images[: s["images_per_point"]], images[-s["warm_up"] :] if s["warm_up"] else images[:0]
+    out = {"capacity": cap, "policies": {}}
+    with tqdm(
+        total=len(s["sweep_policies"]) * s["repeats"] * len(s["fractions"]), desc="rate sweep", unit="point"
+    ) as bar:
+        for policy in s["sweep_policies"]:
+            runs: dict[float, list[dict]] = {f: [] for f in s["fractions"]}
+            with served("server", policy, warm) as topo:
+                for _ in range(s["repeats"]):
+                    for f in s["fractions"]:
+                        runs[f].append(timed_point(topo, timed, round(f * cap, 1), s["streams"]))
+                        bar.set_postfix_str(f"{policy} {f:.0%}: p99 {runs[f][-1]['latency_ms']['p99']:.0f} ms")
+                        bar.update()
+            out["policies"][policy] = [
+                {"fraction": f, "rate": round(f * cap, 1), **summary(points)} for f, points in runs.items()
+            ]
+    # the default policy's curve is the sweep's
+    out["points"] = out["policies"][load_config(None, "stream.py").server.batching]
+    return out
+
+
+def streams_sweep(s: dict, cap: float, images: np.ndarray) -> dict:
     """Server and echo floor at each stream count, at the lowest fraction of capacity."""
     from tqdm import tqdm
 
+    timed, warm = images[: s["images_per_point"]], images[-s["warm_up"] :] if s["warm_up"] else images[:0]
     rate = round(min(s["fractions"]) * cap, 1)
-    out: dict = {"rate": rate, "server": {}, "echo": {}}
+    policy = load_config(None, "stream.py").server.batching
+    out: dict = {"rate": rate, "policy": policy}
     with tqdm(total=2 * s["repeats"] * len(s["stream_counts"]), desc="streams", unit="point") as bar:
         for kind in ("echo", "server"):
-            suffix = bench_run.fresh()
-            ensure_topology(bench_run.topology(suffix))
             runs: dict[int, list[dict]] = {n: [] for n in s["stream_counts"]}
-            with bench_run.server(kind, suffix):
+            with served(kind, policy, warm) as topo:
                 for _ in range(s["repeats"]):
                     for n in s["stream_counts"]:
-                        report = bench_run.stream(suffix, s["images_per_point"], rate, streams=n)
-                        runs[n].append(point(report))
-                        bar.set_postfix_str(f"{kind} {n} streams: p50 {report['latency_ms']['p50']:.0f} ms")
+                        runs[n].append(timed_point(topo, timed, rate, n))
+                        bar.set_postfix_str(f"{kind} {n} streams: p50 {runs[n][-1]['latency_ms']['p50']:.0f} ms")
                         bar.update()
             out[kind] = {str(n): summary(points) for n, points in runs.items()}
     return out
@@ -239,15 +292,22 @@ def plot(r: dict, folder) -> dict:
         pts = sweep["points"]
         x = [100 * p["fraction"] for p in pts]
         fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-        for key, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^-")):
-            med = [p["latency_ms"][key]["median"] for p in pts]
-            err = [
-                [m - p["latency_ms"][key]["min"] for m, p in zip(med, pts)],
-                [p["latency_ms"][key]["max"] - m for m, p in zip(med, pts)],
-            ]
-            ax.errorbar(
-                x, med, yerr=err, fmt=style, capsize=4, label=f"{key} (median, min-max of {len(pts[0]['runs'])})"
-            )
+        default = load_config(None, "stream.py").server.batching
+        for policy, curve in sweep["policies"].items():
+            muted = policy != default
+            for key, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^-")):
+                if muted and key == "p90":
+                    continue
+                med = [p["latency_ms"][key]["median"] for p in curve]
+                err = [
+                    [m - p["latency_ms"][key]["min"] for m, p in zip(med, curve)],
+                    [p["latency_ms"][key]["max"] - m for m, p in zip(med, curve)],
+                ]
+                ax.errorbar(
+                    [100 * p["fraction"] for p in curve], med, yerr=err, fmt=style, capsize=3,
+                    alpha=0.45 if muted else 1.0, color="grey" if muted else None,
+                    label=f"{key}, {policy} batching" + ("" if muted else f" (median, min-max of {len(curve[0]['runs'])})"),
+                )  # fmt: skip
         base = pts[0]["latency_ms"]["p99"]["median"]
         target = load_config(None, "bench.py").targets.p99_70_over_10
         ax.axhline(target * base, color="grey", ls=":", label=f"{target:.0f}x p99 at {x[0]:.0f}%")
@@ -255,9 +315,9 @@ def plot(r: dict, folder) -> dict:
         ax.set_xlabel(f"offered load, % of capacity ({sweep['capacity']:.0f} img/s end-to-end at --rate 0)")
         ax.set_ylabel("end-to-end latency (ms)")
         ax.set_yscale("log")
-        ax.set_title(f"Latency against load (real server, 1 replica, {r['settings'].get('streams', 16)} streams)")
+        ax.set_title(f"Latency against load (real server, 1 replica, {r['sweep_settings']['streams']} streams)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper left")
         fig.tight_layout()
         paths["rate sweep"] = folder / "rate_sweep.png"
         fig.savefig(paths["rate sweep"])
@@ -314,20 +374,24 @@ def markdown(r: dict) -> list[str]:
             )
     sweep = r.get("rate_sweep")
     if sweep:
-        lines += [
-            "",
-            f"Rate sweep relative to capacity ({sweep['capacity']:.0f} img/s), real server, "
-            f"{r['sweep_settings']['repeats']} x {r['sweep_settings']['images_per_point']} images per point:",
-            "",
-            "| % of capacity | offered img/s | p50 ms | p90 ms | p99 ms | server queue p50 ms | mean batch | missing | load (1 min) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for p in sweep["points"]:
-            lines.append(
-                f"| {100 * p['fraction']:.0f}% | {p['rate']:.0f} | {_cell(p['latency_ms']['p50'])} | "
-                f"{_cell(p['latency_ms']['p90'])} | {_cell(p['latency_ms']['p99'])} | {_cell(p['queue_ms']['p50'])} | "
-                f"{_cell(p['mean_batch'])} | {p['missing']} | {', '.join(f'{x:.1f}' for x in p['load_1min'])} |"
-            )
+        for policy, curve in sweep["policies"].items():
+            lines += [
+                "",
+                f"Rate sweep relative to capacity ({sweep['capacity']:.0f} img/s), real server, **{policy}** batching, "
+                f"{r['sweep_settings']['repeats']} x {r['sweep_settings']['images_per_point']} images per point:",
+                "",
+                "| % of capacity | offered img/s | p50 ms | p90 ms | p99 ms | batching wait p50 / p99 ms "
+                "| mean batch | missing | load (1 min) |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for p in curve:
+                lines.append(
+                    f"| {100 * p['fraction']:.0f}% | {p['rate']:.0f} | {_cell(p['latency_ms']['p50'])} | "
+                    f"{_cell(p['latency_ms']['p90'])} | {_cell(p['latency_ms']['p99'])} | "
+                    f"{p['batch_wait_ms']['p50']['median']:.1f} / {p['batch_wait_ms']['p99']['median']:.1f} | "
+                    f"{_cell(p['mean_batch'])} | {p['missing']} | {', '.join(f'{x:.1f}' for x in p['load_1min'])} |"
+                )
+        lines += ["", *stage_table(sweep)]
     streams = r.get("streams")
     if streams:
         lines += [
@@ -346,4 +410,31 @@ def markdown(r: dict) -> list[str]:
                 f"{s['compute_ms']['p50']['median']:.1f}, {s['mean_batch']['median']:.1f} | "
                 f"{', '.join(f'{x:.1f}' for x in s['load_1min'] + e['load_1min'])} |"
             )
+    return lines
+
+
+def stage_table(sweep: dict, fractions: tuple[float, ...] = (0.1, 0.5, 0.7)) -> list[str]:
+    """Mean ms per stage (bench/stages.py's stages; they add up to the end-to-end mean) per policy and load."""
+    from bench.stages import ADDITIVE
+
+    cols = [
+        (policy, p)
+        for f in fractions
+        for policy, curve in sweep["policies"].items()
+        for p in curve
+        if abs(p["fraction"] - f) < 1e-9
+    ]
+    if not cols:
+        return []
+    lines = [
+        "Where the time goes, mean ms per stage (median over the repeats; bench/stages.py says what each stage is):",
+        "",
+        "| stage | " + " | ".join(f"{policy} {100 * p['fraction']:.0f}%" for policy, p in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name in (*ADDITIVE, "end_to_end", "batch_wait"):
+        label = name.replace("_", " ") + (" (inside queue)" if name == "batch_wait" else "")
+        lines.append(
+            f"| {label} | " + " | ".join(f"{p['stages_ms'][name]['mean']['median']:.1f}" for _, p in cols) + " |"
+        )
     return lines

@@ -18,6 +18,11 @@ def get_config():
     c.images_per_point = 3_000
     c.repeats = 3
     c.streams = 16  # the streamer's default
+    # One server per policy, each on a fresh topology: the default policy's curve (configs/stream.py) carries
+    # the verdicts; the fixed policy's beside it is the curve before adaptive batching, in the same run.
+    c.sweep_policies = ("fixed", "adaptive")
+    # Untimed requests through each fresh server first: its first batches and the JVM's run slower.
+    c.warm_up = 2_000
     # The stream-count sweep, at the lowest fraction, against the echo floor at the same count.
     c.stream_counts = (1, 16, 64, 256)
     c.quick = ml_collections.ConfigDict(
