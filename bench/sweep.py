@@ -335,6 +335,7 @@ def plot(r: dict, folder) -> dict:
                     [int(n) for n in counts], med, yerr=[lo, hi], fmt=style, color=color, capsize=4, label=f"{kind} {q}"
                 )
         ax.set_xscale("log", base=2)
+        ax.set_xticks([int(n) for n in counts], [str(n) for n in counts])
         ax.set_yscale("log")
         ax.set_xlabel("--streams (ordering keys)")
         ax.set_ylabel("end-to-end latency (ms)")
