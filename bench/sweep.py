@@ -1,14 +1,19 @@
 """Latency against load relative to the measured capacity, and against the number of streams.
 
-`make bench` runs three scenarios from here, each through `python -m streamer --server external`
-(bench.run.stream) against `python -m server` or the echo floor (bench.server --echo):
+`make bench` runs three scenarios from here against `python -m server` or the echo floor
+(bench.server --echo), each server on a fresh topology:
 
-  capacity  end-to-end img/s at --rate 0 with each batching policy (fixed, adaptive), on fresh servers,
-            alternating which goes first; the client's and the server's CPU from the first publish to
-            the last result. The adaptive policy's median (the default) is the capacity.
-  sweep     one server offered 10-110% of that capacity (configs/bench.py), every point repeated
-            (the repeats interleaved, so a burst of load from elsewhere spreads over the points).
+  capacity  end-to-end img/s at --rate 0 through `python -m streamer --server external` (bench.run.stream)
+            with each batching policy (fixed, adaptive), on fresh servers, alternating which goes first;
+            the client's and the server's CPU from the first publish to the last result. The adaptive
+            policy's median (the default) is the capacity.
+  sweep     one server per policy offered 10-110% of that capacity, every point repeated (the repeats
+            interleaved, so a burst of load from elsewhere spreads over the points).
   streams   --streams 1..256 at the lowest fraction, server and echo floor at each count.
+
+The sweeps run in this process (bench.stages.timed_run: the streamer's own publish_dataset and a
+plain results puller), so a point costs its images and not a streamer's start-up (~5-8 s), and every
+request's stages (docs/wire.md `timing`) come with it.
 
 Settings and targets live in configs/bench.py.
 """
