@@ -292,25 +292,37 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_NUMBER = (int, float)  # a tuple: isinstance checks it ~2x faster than the union int | float
+
+
 def check_result(result, num_classes: int) -> dict:
-    """One decoded result, checked against the contract; WireError('bad_result') says what is wrong."""
+    """One decoded result, checked against the contract; WireError('bad_result') says what is wrong.
+
+    It runs once per result in the collector (10,000 per run): plain loops and tuples, no generators.
+    """
     if not isinstance(result, dict):
         raise WireError("bad_result", f"a result is a JSON object, not {type(result).__name__}")
-    if not isinstance(result.get("request_id"), str | None) or not isinstance(result.get("stream", ""), str):
+    get = result.get
+    request_id = get("request_id")
+    if not (request_id is None or isinstance(request_id, str)) or not isinstance(get("stream", ""), str):
         raise WireError("bad_result", "request_id and stream must be strings")
     for key in ("seq", "sent_ns"):
-        if result.get(key) is not None and not (_is_int(result[key]) and 0 <= result[key] <= MAX_UINT):
+        value = get(key)
+        if value is not None and not (_is_int(value) and 0 <= value <= MAX_UINT):
             raise WireError("bad_result", f"{key} must be an integer from 0 to {MAX_UINT}")
     if "error" in result:
         if not isinstance(result["error"], str):
             raise WireError("bad_result", "error must be a string")
         return result
-    label, confidence = result.get("label"), result.get("confidence")
+    label, confidence = get("label"), get("confidence")
     if not (_is_int(label) and 0 <= label < num_classes):
         raise WireError("bad_result", f"label {str(label)[:20]} is not a class index below {num_classes}")
-    if not (isinstance(confidence, int | float) and 0.0 <= confidence <= 1.0):
+    if not (isinstance(confidence, _NUMBER) and 0.0 <= confidence <= 1.0):
         raise WireError("bad_result", "confidence must be a number from 0 to 1")
-    timing = result.get("timing", {})
-    if not isinstance(timing, dict) or not all(isinstance(v, int | float) for v in timing.values()):
+    timing = get("timing", {})
+    if not isinstance(timing, dict):
         raise WireError("bad_result", "timing must map names to numbers")
+    for value in timing.values():
+        if not isinstance(value, _NUMBER):
+            raise WireError("bad_result", "timing must map names to numbers")
     return result

@@ -122,7 +122,9 @@ PORT = Numbers(0, 65_535, whole=True, note="0 = none")
 # is a typing error, not a deployment (docs/capacity.md spreads 100k img/s over machines).
 REPLICAS = Numbers(1, 64, whole=True)
 
-BENCH_SCENARIOS = ("model", "echo", "ungrouped", "naive", "server", "replicas", "pinned", "drain", "sweep", "coldstart")
+BENCH_SCENARIOS = (
+    "model", "echo", "ungrouped", "naive", "server", "replicas", "pinned", "drain", "capacity", "sweep", "streams", "coldstart",
+)  # fmt: skip
 
 # Every numeric or enumerated flag of every entry point, by its argparse dest. A dest with a dot is a
 # configs/stream.py key (the flag overrides it); the others belong to their entry point alone.

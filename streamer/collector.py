@@ -151,16 +151,23 @@ class Collector:
         if self.answered[i]:
             self.duplicates += 1
             return 0
-        stream, seq = r.get("stream", ""), r.get("seq") if r.get("seq") is not None else -1
-        if seq < self.last_seq.get(stream, -1):
+        # Once per result (10,000 per run): each key read once, and the ordering check in one lookup.
+        get = r.get
+        stream, seq = get("stream", ""), get("seq")
+        if seq is None:
+            seq = -1
+        last = self.last_seq.get(stream, -1)
+        if seq < last:
             self.ordering_violations += 1
             self.violations_by_stream[stream] = self.violations_by_stream.get(stream, 0) + 1
-        self.last_seq[stream] = max(seq, self.last_seq.get(stream, -1))
-        timing = r.get("timing") or {}
+        else:
+            self.last_seq[stream] = seq
+        timing = get("timing") or {}
+        sent_ns = get("sent_ns")
         self.answered[i] = True
         self.prediction[i] = int(r["label"])
         self.confidence[i] = float(r["confidence"])
-        self.latency_ms[i] = (received_s * 1e9 - int(r.get("sent_ns") or 0)) / 1e6 if r.get("sent_ns") else np.nan
+        self.latency_ms[i] = (received_s * 1e9 - int(sent_ns)) / 1e6 if sent_ns else np.nan
         self.queue_ms[i] = timing.get("queue_ms", np.nan)
         self.compute_ms[i] = timing.get("compute_ms", np.nan)
         self.batch_size[i] = timing.get("batch_size", 0)
