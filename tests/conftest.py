@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -297,3 +298,38 @@ class ResultWatcher:
             return len(got) >= wanted if isinstance(wanted, int) else wanted <= got
 
         return self.wait_until(answered, timeout)
+
+
+# ----------------------------------------------------------- fault tests
+def figures(name: str, **values) -> None:
+    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
+
+
+def pids_with(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (from /proc; zombies excluded)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def progress(text: str, bar: str) -> int:
+    """The last count a tqdm bar named `bar` printed (tqdm writes to a file with carriage returns)."""
+    found = re.findall(rf"{bar}\s*:\s*\d+%\|[^|]*\|\s*(\d+)/\d+", text)
+    return int(found[-1]) if found else 0

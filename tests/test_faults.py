@@ -17,57 +17,26 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from broker import wire
-from broker.emulator import Emulator, free_port
-from broker.errors import BrokerError
 from broker.pubsub import EMULATOR_PROJECT, Publisher, create_subscription, create_topic, pull_until
 from tests.conftest import (
     REPO,
     ResultWatcher,
-    ServerProcess,
+    figures,
     free_port_run,
+    progress,
     publish_images,
     publish_messages,
     publish_raw,
 )
 
 pytestmark = pytest.mark.emulator
-
-
-def _figures(name: str, **values) -> None:
-    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
-
-
-def _pids_with(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (from /proc; zombies excluded)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill_all(pids) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # ------------------------------------------------- 1. a replica SIGKILLed mid-stream
@@ -139,7 +108,7 @@ def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
     after = sorted(t for t, _, _ in arrivals if t > t_kill)
     gaps = np.diff([t_kill, *after])
     longest = int(np.argmax(gaps))
-    _figures(
+    figures(
         "replica_kill",
         requests=N_KILL,
         answered_before_kill=answered_before,
@@ -174,7 +143,7 @@ def test_replica_killed_during_a_paced_run_costs_at_most_15_s(
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
-        while _progress(err_path.read_text(errors="replace"), "received") < images // 3:
+        while progress(err_path.read_text(errors="replace"), "received") < images // 3:
             assert streamer.poll() is None, err_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "a third of the images were never answered"
             time.sleep(0.1)
@@ -188,7 +157,7 @@ def test_replica_killed_during_a_paced_run_costs_at_most_15_s(
     (report_json,) = tmp_path.glob("*/report.json")
     report = json.loads(report_json.read_text())
     latency = report["latency_ms"]
-    _figures(
+    figures(
         "replica_kill_rate_300",
         answered=report["counts"]["answered"],
         duplicates=report["counts"]["duplicates"],
@@ -392,7 +361,7 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
     reasons = Counter(r["error"] for r in errors_by_message.values())
     kinds = Counter(kind for *_, kind in bad)
     total = Counter(r["message_id"] if "error" in r else r["request_id"] for _, r, _ in arrivals)
-    _figures(
+    figures(
         "malformed",
         bad=N_BAD,
         good=N_GOOD,
@@ -408,194 +377,6 @@ def test_message_near_the_broker_limit_can_be_pulled(topology):
     publish_raw(topology, os.urandom(int(9.5 * 2**20)), "big", request_id="big-0", content_type=wire.RAW)
     messages = pull_until(topology.requests_subscription_path, 1, 20.0, poll_s=5.0)
     assert [m.attributes["request_id"] for m in messages] == ["big-0"]
-
-
-# ------------------------------------------------- 3. the broker is unreachable at start
-@pytest.mark.timeout(90)
-def test_clis_fail_fast_with_one_line_when_the_broker_is_unreachable():
-    closed = free_port()
-    env = {**os.environ, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{closed}"}
-    commands = {
-        "server": [sys.executable, "-m", "server"],
-        "server-replicas": [sys.executable, "-m", "server", "--replicas", "2"],
-        "streamer": [sys.executable, "-m", "streamer", "--limit", "5", "--no-verify"],
-    }
-    started = time.monotonic()
-    procs = {
-        name: subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, cmd in commands.items()
-    }
-    took = {}
-    try:
-        for name, proc in procs.items():
-            out, err = proc.communicate(timeout=60)
-            took[name] = round(time.monotonic() - started, 1)
-            lines = [line for line in err.splitlines() if line.strip()]
-            assert proc.returncode != 0, name
-            assert took[name] < 30, f"{name} took {took[name]}s"
-            assert "Traceback" not in err + out, f"{name}:\n{err}"
-            assert len(lines) == 1 and lines[0].startswith("error:"), f"{name} printed:\n{err}"
-            assert f"127.0.0.1:{closed}" in lines[0], lines[0]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-    _figures("unreachable_at_start", seconds_to_exit=took, line=lines[0][:120])
-
-
-# ------------------------------------------------- 4. the broker goes away mid-run
-def _progress(text: str, bar: str) -> int:
-    """The last count a tqdm bar named `bar` printed (tqdm writes to a file with carriage returns)."""
-    found = re.findall(rf"{bar}\s*:\s*\d+%\|[^|]*\|\s*(\d+)/\d+", text)
-    return int(found[-1]) if found else 0
-
-
-@pytest.mark.timeout(300)
-def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model_dir, monkeypatch):
-    suffix = uuid.uuid4().hex[:10]
-    emulator = Emulator().start()  # a private one: this test kills it
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the streamer's managed server logs
-    streamer_err = tmp_path / "streamer.err"
-    server = streamer = None
-    try:
-        server = ServerProcess(suffix, model_dir)  # a server on its own ...
-        with open(streamer_err, "w") as err:  # ... and a streamer with its own managed server
-            streamer = subprocess.Popen(
-                [
-                    sys.executable, "-m", "streamer", "--limit", "6000", "--rate", "150", "--topic-suffix", suffix,
-                    "--model", str(model_dir), "--reports-dir", str(tmp_path / "reports"), "--no-verify",
-                    "--timeout", "300",
-                ],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-            )  # fmt: skip
-        server.wait_ready(timeout=120)
-        deadline = time.monotonic() + 120
-        while _progress(streamer_err.read_text(errors="replace"), "received") < 100:
-            assert streamer.poll() is None, streamer_err.read_text()[-2000:]
-            assert time.monotonic() < deadline, "the streamer never got results"
-            time.sleep(0.5)
-        managed = [pid for pid in _pids_with(suffix) if pid not in (server.proc.pid, streamer.pid)]
-        assert managed, "the streamer's managed server should be running"
-
-        killed = time.monotonic()
-        os.killpg(emulator.process.pid, signal.SIGKILL)
-        exits = {}
-        while (server.proc.poll() is None or streamer.poll() is None) and time.monotonic() - killed < 120:
-            for name, proc in (("server", server.proc), ("streamer", streamer)):
-                if name not in exits and proc.poll() is not None:
-                    exits[name] = round(time.monotonic() - killed, 1)
-            time.sleep(0.2)
-        for name, proc in (("server", server.proc), ("streamer", streamer)):
-            if name not in exits and proc.poll() is not None:
-                exits[name] = round(time.monotonic() - killed, 1)
-        assert set(exits) == {"server", "streamer"}, f"still running 120 s after the broker died: {exits}"
-        assert server.proc.returncode != 0 and streamer.returncode != 0
-        assert exits["server"] < 60 and exits["streamer"] < 60, exits
-
-        server_log = server.log_text()
-        assert "Traceback" not in server_log, server_log[-3000:]
-        server_error = [line for line in server_log.splitlines() if line.startswith("error:")]
-        assert server_error, server_log[-2000:]
-        err_text = streamer_err.read_text(errors="replace")
-        assert "Traceback" not in err_text, err_text[-3000:]
-        last = err_text.replace("\r", "\n").strip().splitlines()[-1]
-        assert last.startswith("error:"), err_text[-2000:]
-        time.sleep(0.5)
-        leftovers = _pids_with(suffix)
-        assert not leftovers, f"processes left behind: {leftovers}"
-        _figures(
-            "broker_killed",
-            seconds_to_exit=exits,
-            server_code=server.proc.returncode,
-            streamer_code=streamer.returncode,
-            streamer_line=last[:160],
-            server_line=server_error[-1][:160],
-        )
-    finally:
-        if streamer is not None and streamer.poll() is None:
-            os.killpg(streamer.pid, signal.SIGKILL)
-            streamer.wait(10)
-        if server is not None:
-            server.kill()
-        _kill_all(_pids_with(suffix))
-        emulator.stop()
-
-
-# ------------------------------------------------- 6. the collector killed and restarted
-N_RESUME = 1000
-
-
-def _answered_in(state_file: Path) -> int:
-    try:
-        return len(json.loads(state_file.read_text())["answered"]["index"])  # results/run.py's columns
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-@pytest.mark.timeout(240)
-def test_collector_killed_mid_run_resumes_from_its_state_file(topology, start_server, suffix, tmp_path, model_dir):
-    server = start_server()
-    state, run_id, reports = tmp_path / "collector.json", "resume6", tmp_path / "reports"
-    common = ["--run-id", run_id, "--state-file", str(state), "--limit", str(N_RESUME), "--server", "external"]
-    common += ["--topic-suffix", suffix, "--reports-dir", str(reports), "--model", str(model_dir)]
-    err_path = tmp_path / "streamer.err"
-    with open(err_path, "w") as err:
-        streamer = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *common, "--rate", "200", "--no-verify", "--timeout", "120"],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while _answered_in(state) < 100:
-            assert streamer.poll() is None, err_path.read_text()[-2000:]
-            assert time.monotonic() < deadline, "no results persisted"
-            time.sleep(0.2)
-        # Hold the results back (pause the server) until every request is published, then kill the streamer.
-        os.kill(server.proc.pid, signal.SIGSTOP)
-        try:
-            while _progress(err_path.read_text(errors="replace"), "published") < N_RESUME:
-                assert streamer.poll() is None, err_path.read_text()[-2000:]
-                assert time.monotonic() < deadline, "publishing did not finish"
-                time.sleep(0.2)
-            streamer.kill()
-            streamer.wait(10)
-            persisted = _answered_in(state)
-        finally:
-            os.kill(server.proc.pid, signal.SIGCONT)
-    finally:
-        if streamer.poll() is None:
-            streamer.kill()
-            streamer.wait(10)
-    assert 0 < persisted < N_RESUME
-    started = time.monotonic()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "streamer", "--collect-only", *common, "--timeout", "120"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    took = time.monotonic() - started
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (folder,) = [p for p in reports.iterdir() if (p / "report.json").is_file()]
-    report = json.loads((folder / "report.json").read_text())
-    counts = report["counts"]
-    assert report["run"]["mode"] == "collect-only" and report["run"]["run_id"] == run_id
-    assert counts["sent"] == counts["answered"] == N_RESUME and counts["missing"] == 0 and counts["errors"] == 0
-    assert report["offline"]["identical"] is True
-    assert server.proc.poll() is None
-    _figures(
-        "collector_restart",
-        requests=N_RESUME,
-        persisted_at_kill=persisted,
-        collect_only_s=round(took, 1),
-        duplicates=counts["duplicates"],
-        ordering_violations=report["ordering"]["violations"],
-    )
 
 
 # ------------------------------------------------- 7. ordered publishing after an error
@@ -761,37 +542,3 @@ def test_cancelling_the_publisher_mid_batch_is_quiet(topology, test_images):
 
     seen = asyncio.run(cancel_mid_batch())
     assert [str(c.get("exception") or c.get("message")) for c in seen] == []
-
-
-def test_an_emulator_that_dies_at_start_gives_one_clear_error(tmp_path, monkeypatch):
-    """The start-up failure path: the launcher exits at once; the error names its code and output."""
-    from broker.emulator import Emulator
-
-    launcher = tmp_path / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
-    launcher.parent.mkdir(parents=True)
-    launcher.write_text("#!/bin/sh\necho 'Address already in use' >&2\nexit 3\n")
-    launcher.chmod(0o755)
-    monkeypatch.setenv("CLOUDSDK_ROOT_DIR", str(tmp_path))
-    emulator = Emulator(start_timeout=20)
-    with pytest.raises(BrokerError, match=r"exited at start \(code 3\): Address already in use"):
-        emulator.start()
-    assert emulator.process is None
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("module", ["streamer", "server"])
-def test_no_credentials_is_one_line(module, tmp_path):
-    """`--project P` without Application Default Credentials: one line that says how to fix it, exit 2.
-
-    NO_GCE_CHECK keeps google-auth from probing a metadata server (this machine has no network).
-    """
-    env = {k: v for k, v in os.environ.items() if k not in ("PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
-    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path), NO_GCE_CHECK="true")
-    proc = subprocess.run(
-        [sys.executable, "-m", module, "--project", "no-such-project-here"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=100,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "gcloud auth application-default login" in lines[0] and "GOOGLE_APPLICATION_CREDENTIALS" in lines[0]
