@@ -60,6 +60,7 @@ def holding_replica(ports: list[int], timeout: float) -> int:
 N_KILL = 10_000  # the full test set, as in a real run
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(240)
 def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
     from train.data import load_fashion_mnist
@@ -123,6 +124,7 @@ def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
     )
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("images", [3000, pytest.param(6000, marks=pytest.mark.slow)])
 def test_replica_killed_during_a_paced_run_costs_at_most_15_s(
