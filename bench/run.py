@@ -190,7 +190,9 @@ def topology(suffix: str) -> Topology:
     return Topology.from_names(EMULATOR_PROJECT, load_config(None, "stream.py").broker, suffix)
 
 
-def spread(values: list[float]) -> dict:
+def spread(values: list[float | None]) -> dict:
+    """min, median and max of repeated runs (a run without the figure, None, is left out), and the runs."""
+    values = [v for v in values if v is not None]
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "runs": values}
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 
 import numpy as np
 
@@ -65,24 +64,19 @@ def point(report: dict) -> dict:
     }
 
 
-def spread(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "runs": values}
-
-
 def summary(points: list[dict]) -> dict:
     """Medians over the repeats (min and max beside them) of every latency figure."""
     out = {
-        "latency_ms": {k: spread([p["latency_ms"][k] for p in points]) for k in KEYS},
-        "queue_ms": {k: spread([p["queue_ms"][k] for p in points]) for k in ("p50", "p99")},
-        "compute_ms": {k: spread([p["compute_ms"][k] for p in points]) for k in ("p50", "p99")},
-        "batch_wait_ms": {k: spread([p["batch_wait_ms"][k] for p in points]) for k in ("p50", "p99")},
+        "latency_ms": {k: bench_run.spread([p["latency_ms"][k] for p in points]) for k in KEYS},
+        "queue_ms": {k: bench_run.spread([p["queue_ms"][k] for p in points]) for k in ("p50", "p99")},
+        "compute_ms": {k: bench_run.spread([p["compute_ms"][k] for p in points]) for k in ("p50", "p99")},
+        "batch_wait_ms": {k: bench_run.spread([p["batch_wait_ms"][k] for p in points]) for k in ("p50", "p99")},
         "stages_ms": {
-            name: {k: spread([p["stages_ms"][name][k] for p in points]) for k in ("mean", "p50")}
+            name: {k: bench_run.spread([p["stages_ms"][name][k] for p in points]) for k in ("mean", "p50")}
             for name in points[0]["stages_ms"]
         },
-        "achieved": spread([p["achieved"] for p in points]),
-        "mean_batch": spread([p["mean_batch"] for p in points]),
+        "achieved": bench_run.spread([p["achieved"] for p in points]),
+        "mean_batch": bench_run.spread([p["mean_batch"] for p in points]),
         "missing": sum(p["missing"] for p in points),
         "load_1min": [p["load_1min"] for p in points],
         "runs": points,
@@ -113,9 +107,9 @@ def capacity(s: dict, emulator) -> dict:
     for policy, points in runs.items():
         windows = [p["cpu_window"] for p in points if p["cpu_window"]]
         out[policy] = {
-            "img_per_s": spread([p["img_per_s"] for p in points]),
-            "client_cpu_us_per_img": spread([w["streamer+collector"] / w["images"] * 1e6 for w in windows]),
-            "server_cpu_us_per_img": spread([w["server"] / w["images"] * 1e6 for w in windows]),
+            "img_per_s": bench_run.spread([p["img_per_s"] for p in points]),
+            "client_cpu_us_per_img": bench_run.spread([w["streamer+collector"] / w["images"] * 1e6 for w in windows]),
+            "server_cpu_us_per_img": bench_run.spread([w["server"] / w["images"] * 1e6 for w in windows]),
             "runs": points,
         }
     out["capacity"] = out["adaptive" if "adaptive" in out else policies[0]]["img_per_s"]["median"]
