@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
             pull_threads=1,
             max_outstanding=4096,  # flow control: messages pulled but not yet acked
             top_k=3,
-            publish_max_messages=200,
-            publish_max_latency_ms=2.0,
+            # Result messages per Publish RPC at most (Pub/Sub's limit). A batch's results, one message per stream,
+            # go out in one RPC with whatever batches queued behind the RPC in flight (broker/pubsub.py).
+            publish_max_messages=1000,
             drain_timeout_s=20.0,
             log_interval_s=10.0,
             broker_give_up_s=15.0,  # consecutive pull failures before the server gives up

@@ -32,7 +32,7 @@ import numpy as np
 
 from broker import wire
 from broker.errors import BrokerDenied, BrokerError
-from broker.pubsub import Publisher, PublishSettings, Puller, Received, Topology
+from broker.pubsub import Puller, QueuedPublisher, Received, Topology
 from server import metrics
 from server.batching import POLICIES, make_policy
 from train.data import DatasetError, load_image
@@ -56,7 +56,6 @@ class ServerSettings:
     max_outstanding: int
     top_k: int
     publish_max_messages: int
-    publish_max_latency_ms: float
     drain_timeout_s: float
     log_interval_s: float
     broker_give_up_s: float
@@ -141,12 +140,7 @@ class InferenceServer:
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self.puller = Puller(topology.requests_subscription_path, settings.pull_max_messages)
-        self.publisher = Publisher(
-            topology.results_topic_path,
-            PublishSettings(
-                max_messages=settings.publish_max_messages, max_latency_s=settings.publish_max_latency_ms / 1000
-            ),
-        )
+        self.publisher = QueuedPublisher(topology.results_topic_path, settings.publish_max_messages)
         self.acker = Acker(self.puller, on_settled=self.release)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.window = collections.deque(maxlen=100_000)  # (t_done, n, in-server seconds) for the log line
@@ -355,22 +349,16 @@ class InferenceServer:
         return (stream,)
 
     def publish(self, batch: list[Pending], results: list) -> None:
-        """One result message per stream in this batch, keyed by stream; acks follow its publish."""
-        groups: dict[tuple, tuple[list, list[str]]] = {}
-        for k, (p, result) in enumerate(zip(batch, results)):
-            entry = groups.setdefault(self.group_key(k, result.stream), ([], []))
-            entry[0].append(result)
-            entry[1].append(p.msg.ack_id)
-        for (stream, *_), (group, ack_ids) in groups.items():
+        """One result message per stream in this batch, keyed by stream, all in one Publish RPC; acks follow it."""
+        groups: dict[tuple, list] = {}
+        for k, result in enumerate(results):
+            groups.setdefault(self.group_key(k, result.stream), []).append(result)
+        messages = []
+        for (stream, *_), group in groups.items():
             data, attributes = wire.encode_results(group, self.model.identity, self.replica)
-            called = time.monotonic()
-            try:
-                future = self.publisher.publish(data, stream, **attributes)
-            except Exception as err:  # e.g. publisher stopped: let the requests be redelivered
-                log.error("could not publish results for stream %s: %s", stream, err)
-                self.acker.nack_now(ack_ids, "publish_failed")
-                continue
-            self.acker.track(future, ack_ids, called)
+            messages.append((data, attributes, stream))
+        called = time.monotonic()
+        self.acker.track(self.publisher.submit(messages), [p.msg.ack_id for p in batch], called)
 
     def error_for(self, msg: Received, err: Exception) -> wire.ErrorResult:
         if not isinstance(err, wire.WireError):
@@ -491,7 +479,7 @@ class InferenceServer:
             log.info("shutdown: nacking %d requests that were never started", len(unstarted))
             self.acker.nack_now(unstarted, "shutdown")
         settled = self.acker.close(max(0.1, deadline - time.monotonic()))
-        self.publisher.close()
+        self.publisher.close(max(0.1, deadline - time.monotonic()))
         self.puller.close()
         if not settled:
             log.error(
@@ -578,7 +566,10 @@ class Acker(threading.Thread):
     def run(self) -> None:
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: self.to_ack or self.to_nack or self.closing, timeout=self.flush_s)
+                # Closing with publishes in flight is not a reason to wake: their callbacks notify.
+                self.lock.wait_for(
+                    lambda: self.to_ack or self.to_nack or (self.closing and self.in_flight == 0), timeout=self.flush_s
+                )
                 acks, nacks, published = self.to_ack, self.to_nack, self.published
                 self.to_ack, self.to_nack, self.published = [], [], []
                 done = self.closing and self.in_flight == 0 and not acks and not nacks
@@ -590,7 +581,8 @@ class Acker(threading.Thread):
                 for t in published:
                     metrics.ACK.observe(acked - t)
             self._send(nacks, self.puller.nack, "nack")
-            self.on_settled(acks + nacks)
+            if acks or nacks:
+                self.on_settled(acks + nacks)
 
     def _send(self, ack_ids: list[str], call, what: str) -> bool:
         if not ack_ids:
