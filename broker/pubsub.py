@@ -359,10 +359,15 @@ class BulkPublisher:
     each batch bounds memory (that wait is the flow control).
     """
 
-    def __init__(self, topic_path: str, timeout: float = 60.0):
+    def __init__(self, topic_path: str, timeout: float = 60.0, retry_s: float | None = None):
+        """`retry_s`: how long a batch is retried while the broker does not answer (None: every call's 20 s).
+
+        One attempt is cut at the same budget: an attempt caught by the broker's death could otherwise hang for
+        the whole `timeout`, long after the batch should have failed."""
         self.topic_path = topic_path
         self.client = pubsub_v1.PublisherClient()
-        self.timeout = timeout
+        self.retry = _CALL_RETRY if retry_s is None else _CALL_RETRY.with_timeout(retry_s)
+        self.timeout = min(timeout, self.retry.timeout)
         self._raw_request = PublishRequest.pb()
         self._lock = threading.Lock()
 
@@ -375,7 +380,7 @@ class BulkPublisher:
         with self._lock:  # one RPC in flight: per-key order across batches
             try:
                 response = GapicPublisherClient.publish(
-                    self.client, request=PublishRequest.wrap(request), retry=_CALL_RETRY, timeout=self.timeout
+                    self.client, request=PublishRequest.wrap(request), retry=self.retry, timeout=self.timeout
                 )
             except gexc.GoogleAPICallError as err:
                 raise BrokerError(f"publish to {self.topic_path} failed: {_short(err)}") from None

@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
             # cold JVM from, and its accuracy is the same either way. `--warm-up N` asks for exactly N.
             warm_up=10000,
             warm_up_from=1000,
+            # How long one batch of requests is retried while the broker does not answer, before the run fails:
+            # 20 s rides out a broker restart; a dead broker ends the run this long after the loss is noticed.
+            publish_retry_s=20.0,
         )
     )
 
