@@ -420,9 +420,13 @@ class Puller:
     add ~30 ms of delivery latency. Real Pub/Sub gets ordinary long polls.
     """
 
-    def __init__(self, subscription_path: str, max_messages: int = 1000, poll: bool | None = None):
+    def __init__(
+        self, subscription_path: str, max_messages: int = 1000, poll: bool | None = None, retry_s: float | None = None
+    ):
+        """`retry_s`: how long an ack or a deadline change is retried (None: every call's 20 s)."""
         self.subscription_path = subscription_path
         self.max_messages = max_messages
+        self.retry = _CALL_RETRY if retry_s is None else _CALL_RETRY.with_timeout(retry_s)
         self.poll = bool(os.environ.get("PUBSUB_EMULATOR_HOST")) if poll is None else poll
         self.client = subscriber_client()
 
@@ -465,7 +469,7 @@ class Puller:
         for chunk in _chunks(ack_ids):
             self.client.acknowledge(
                 request={"subscription": self.subscription_path, "ack_ids": chunk},
-                retry=_CALL_RETRY,
+                retry=self.retry,
                 timeout=_CALL_TIMEOUT,
             )
 
@@ -474,7 +478,7 @@ class Puller:
         for chunk in _chunks(ack_ids):
             self.client.modify_ack_deadline(
                 request={"subscription": self.subscription_path, "ack_ids": chunk, "ack_deadline_seconds": seconds},
-                retry=_CALL_RETRY,
+                retry=self.retry,
                 timeout=_CALL_TIMEOUT,
             )
 

@@ -169,7 +169,9 @@ class RunSession:
     def collecting(self, collectors: list[Collector]) -> Iterator[ResultPump]:
         """The result pump feeding `collectors` off the results subscription; on exit, what arrived is persisted
         (with a state file) and acked while the subscription can still ack, and the pump is closed."""
-        pump = ResultPump(collectors, self.topology.results_subscription_path)
+        pump = ResultPump(
+            collectors, self.topology.results_subscription_path, give_up_s=self.config.collector.give_up_s
+        )
         try:
             yield pump
         finally:

@@ -70,10 +70,15 @@ def test_clis_fail_fast_with_one_line_when_the_broker_is_unreachable():
 
 # ------------------------------------------------- 4. the broker goes away mid-run
 # The budgets a lost broker is waited out with, shortened from configs/stream.py's (15 s of failing pulls, a 20 s
-# drain, a 20 s publish retry) so that the test waits seconds, not 35 s: the same code paths give up, only sooner.
-# The managed server's give-up and the publish retry stay longer than the streamer's broker probe (every 3 s), as
-# with the defaults: the probe notices the loss first and ends the run with its line.
-SHORT_BUDGETS = {"server.broker_give_up_s": 6.0, "server.drain_timeout_s": 2.0, "streamer.publish_retry_s": 6.0}
+# drain, a 20 s publish retry, 15 s of failing result pulls and acks) so that the test waits seconds, not 35 s: the
+# same code paths give up, only sooner. Each stays longer than the streamer's broker probe (every 3 s), as with the
+# defaults: the probe notices the loss first and ends the run with its line.
+SHORT_BUDGETS = {
+    "server.broker_give_up_s": 6.0,
+    "server.drain_timeout_s": 2.0,
+    "streamer.publish_retry_s": 6.0,
+    "collector.give_up_s": 6.0,
+}
 
 
 @pytest.mark.timeout(300)
@@ -88,7 +93,8 @@ def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model
 
     defaults = load_config(None, "stream.py")
     server_budget = defaults.server.broker_give_up_s + defaults.server.drain_timeout_s + SHUTDOWN_SLACK_S
-    streamer_budget = Watch().period + defaults.streamer.publish_retry_s + PUBLISH_SLACK_S + 5.0  # 5: its server's stop
+    # the probe, the batch in flight, the result pump's close (15 s at most, streamer/session.py), the server's stop
+    streamer_budget = Watch().period + defaults.streamer.publish_retry_s + PUBLISH_SLACK_S + 15.0 + 5.0
     assert server_budget < 60 and streamer_budget < 60, (server_budget, streamer_budget)
     budgets = ["--config", str(stream_config_file(tmp_path / "short_budgets.py", SHORT_BUDGETS))]
     emulator = Emulator().start()  # a private one: this test kills it
