@@ -359,10 +359,15 @@ class BulkPublisher:
     each batch bounds memory (that wait is the flow control).
     """
 
-    def __init__(self, topic_path: str, timeout: float = 60.0):
+    def __init__(self, topic_path: str, timeout: float = 60.0, retry_s: float | None = None):
+        """`retry_s`: how long a batch is retried while the broker does not answer (None: every call's 20 s).
+
+        One attempt is cut at the same budget: an attempt caught by the broker's death could otherwise hang for
+        the whole `timeout`, long after the batch should have failed."""
         self.topic_path = topic_path
         self.client = pubsub_v1.PublisherClient()
-        self.timeout = timeout
+        self.retry = _CALL_RETRY if retry_s is None else _CALL_RETRY.with_timeout(retry_s)
+        self.timeout = min(timeout, self.retry.timeout)
         self._raw_request = PublishRequest.pb()
         self._lock = threading.Lock()
 
@@ -375,7 +380,7 @@ class BulkPublisher:
         with self._lock:  # one RPC in flight: per-key order across batches
             try:
                 response = GapicPublisherClient.publish(
-                    self.client, request=PublishRequest.wrap(request), retry=_CALL_RETRY, timeout=self.timeout
+                    self.client, request=PublishRequest.wrap(request), retry=self.retry, timeout=self.timeout
                 )
             except gexc.GoogleAPICallError as err:
                 raise BrokerError(f"publish to {self.topic_path} failed: {_short(err)}") from None
@@ -516,9 +521,13 @@ class Puller:
     add ~30 ms of delivery latency. Real Pub/Sub gets ordinary long polls.
     """
 
-    def __init__(self, subscription_path: str, max_messages: int = 1000, poll: bool | None = None):
+    def __init__(
+        self, subscription_path: str, max_messages: int = 1000, poll: bool | None = None, retry_s: float | None = None
+    ):
+        """`retry_s`: how long an ack or a deadline change is retried (None: every call's 20 s)."""
         self.subscription_path = subscription_path
         self.max_messages = max_messages
+        self.retry = _CALL_RETRY if retry_s is None else _CALL_RETRY.with_timeout(retry_s)
         self.poll = bool(os.environ.get("PUBSUB_EMULATOR_HOST")) if poll is None else poll
         self.client = subscriber_client()
 
@@ -561,7 +570,7 @@ class Puller:
         for chunk in _chunks(ack_ids):
             self.client.acknowledge(
                 request={"subscription": self.subscription_path, "ack_ids": chunk},
-                retry=_CALL_RETRY,
+                retry=self.retry,
                 timeout=_CALL_TIMEOUT,
             )
 
@@ -570,7 +579,7 @@ class Puller:
         for chunk in _chunks(ack_ids):
             self.client.modify_ack_deadline(
                 request={"subscription": self.subscription_path, "ack_ids": chunk, "ack_deadline_seconds": seconds},
-                retry=_CALL_RETRY,
+                retry=self.retry,
                 timeout=_CALL_TIMEOUT,
             )
 

@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
             # cold JVM from, and its accuracy is the same either way. `--warm-up N` asks for exactly N.
             warm_up=10000,
             warm_up_from=1000,
+            # How long one batch of requests is retried while the broker does not answer, before the run fails:
+            # 20 s rides out a broker restart; a dead broker ends the run this long after the loss is noticed.
+            publish_retry_s=20.0,
         )
     )
 
@@ -82,8 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
     # requests, two models' 76,000 answers): it gives up only after timeout_s without a new result while
     # requests are still being published, or min(timeout_s, idle_timeout_s) once all are. 30 s is three ack
     # deadlines: a killed replica's requests come back within one (docs/reliability.md).
+    # give_up_s: how long the result pump rides out a broker that does not answer (its pulls, and each ack's
+    # retries) before the run fails; 15 s, as the server's broker_give_up_s.
     config.collector = ml_collections.ConfigDict(
-        dict(timeout_s=120.0, idle_timeout_s=30.0, reports_dir="reports", state_file="")
+        dict(timeout_s=120.0, idle_timeout_s=30.0, give_up_s=15.0, reports_dir="reports", state_file="")
     )
 
     # How sure every figure of a report is (results/stats.py): `python -m streamer` and `report` both read this.

@@ -295,7 +295,7 @@ class ResultPump:
     ):
         self.collectors, self.flush_s, self.give_up_s = collectors, flush_s, give_up_s
         self.collector = collectors[0]  # the primary: it also counts what belongs to no collector
-        self.puller = Puller(subscription_path)
+        self.puller = Puller(subscription_path, retry_s=give_up_s)
         self.stopping = threading.Event()
         self._error: BaseException | None = None
         self._unacked: list[str] = []

@@ -42,7 +42,8 @@ from train.data import Dataset
 
 log = logging.getLogger("streamer")
 
-PUBLISH_GRACE_S = 30.0  # > BulkPublisher's retry budget for one batch
+# A failing batch's last attempt may start just before its retry budget (streamer.publish_retry_s) ends.
+PUBLISH_SLACK_S = 10.0
 WARM_UP_RATE = 2000.0  # img/s: fast enough to be short, slow enough to look like a stream
 COMPARE = "-compare"  # the compared model's requests subscription: the configured name + this
 
@@ -123,7 +124,7 @@ class RunSession:
             return None
         started = time.monotonic()
         images = np.resize(images, (messages, *images.shape[1:]))
-        publisher = BulkPublisher(self.topology.requests_topic_path)
+        publisher = BulkPublisher(self.topology.requests_topic_path, retry_s=self.config.streamer.publish_retry_s)
         try:
             asyncio.run(publish_dataset(publisher, images, "warmup", WARM_UP_RATE, 16))
         finally:
@@ -147,7 +148,7 @@ class RunSession:
         """
         s = self.config.streamer
         content_type = wire.PNG if s.content_type == "png" else wire.RAW
-        publisher = BulkPublisher(self.topology.requests_topic_path)
+        publisher = BulkPublisher(self.topology.requests_topic_path, retry_s=s.publish_retry_s)
         task = asyncio.create_task(
             publish_dataset(
                 publisher, data.images, run_id, s.rate, s.streams, content_type, on_published, stop, files=data.files
@@ -158,7 +159,7 @@ class RunSession:
         finally:
             stop.set()
             if not task.done():
-                await asyncio.wait({task}, timeout=PUBLISH_GRACE_S)
+                await asyncio.wait({task}, timeout=s.publish_retry_s + PUBLISH_SLACK_S)
                 if not task.done():
                     task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -168,7 +169,9 @@ class RunSession:
     def collecting(self, collectors: list[Collector]) -> Iterator[ResultPump]:
         """The result pump feeding `collectors` off the results subscription; on exit, what arrived is persisted
         (with a state file) and acked while the subscription can still ack, and the pump is closed."""
-        pump = ResultPump(collectors, self.topology.results_subscription_path)
+        pump = ResultPump(
+            collectors, self.topology.results_subscription_path, give_up_s=self.config.collector.give_up_s
+        )
         try:
             yield pump
         finally:

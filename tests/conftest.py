@@ -166,6 +166,18 @@ def start_server(suffix, model_dir, topology):
 
 
 # ----------------------------------------------------------------- helpers
+def stream_config_file(path: Path, values: dict) -> Path:
+    """A `--config` file: configs/stream.py with `values` ({"server.drain_timeout_s": 3.0, ...}) set.
+
+    For settings that have no flag; a streamer passes --config on to its managed server, so both read it.
+    """
+    path.write_text(
+        "from configs import load_config, override\n\n\n"
+        f"def get_config():\n    return override(load_config(None, 'stream.py'), {values!r})\n"
+    )
+    return path
+
+
 def free_port_run(n: int) -> int:
     """A port P such that P..P+n-1 are all free now (`--replicas n --metrics-port P` binds P+i)."""
     import socket

@@ -28,6 +28,7 @@ from tests.conftest import (
     kill_all,
     pids_with,
     progress,
+    stream_config_file,
 )
 
 pytestmark = pytest.mark.emulator
@@ -68,22 +69,47 @@ def test_clis_fail_fast_with_one_line_when_the_broker_is_unreachable():
 
 
 # ------------------------------------------------- 4. the broker goes away mid-run
+# The budgets a lost broker is waited out with, shortened from configs/stream.py's (15 s of failing pulls, a 20 s
+# drain, a 20 s publish retry, 15 s of failing result pulls and acks) so that the test waits seconds, not 35 s: the
+# same code paths give up, only sooner. Each stays longer than the streamer's broker probe (every 3 s), as with the
+# defaults: the probe notices the loss first and ends the run with its line.
+SHORT_BUDGETS = {
+    "server.broker_give_up_s": 6.0,
+    "server.drain_timeout_s": 2.0,
+    "streamer.publish_retry_s": 6.0,
+    "collector.give_up_s": 6.0,
+}
+
+
 @pytest.mark.timeout(300)
 def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model_dir, monkeypatch):
     suffix = uuid.uuid4().hex[:10]
+    # With the defaults each client's exit is the sum of its budgets (docs/reliability.md, section 4): within the
+    # 60 s asserted below too. This run measures the same paths with SHORT_BUDGETS.
+    from configs import load_config
+    from server.run import SHUTDOWN_SLACK_S
+    from streamer.session import PUBLISH_SLACK_S
+    from streamer.supervise import Watch
+
+    defaults = load_config(None, "stream.py")
+    server_budget = defaults.server.broker_give_up_s + defaults.server.drain_timeout_s + SHUTDOWN_SLACK_S
+    # the probe, the batch in flight, the result pump's close (15 s at most, streamer/session.py), the server's stop
+    streamer_budget = Watch().period + defaults.streamer.publish_retry_s + PUBLISH_SLACK_S + 15.0 + 5.0
+    assert server_budget < 60 and streamer_budget < 60, (server_budget, streamer_budget)
+    budgets = ["--config", str(stream_config_file(tmp_path / "short_budgets.py", SHORT_BUDGETS))]
     emulator = Emulator().start()  # a private one: this test kills it
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the streamer's managed server logs
     streamer_err = tmp_path / "streamer.err"
     server = streamer = None
     try:
-        server = ServerProcess(suffix, model_dir)  # a server on its own ...
+        server = ServerProcess(suffix, model_dir, *budgets)  # a server on its own ...
         with open(streamer_err, "w") as err:  # ... and a streamer with its own managed server
             streamer = subprocess.Popen(
                 [
                     sys.executable, "-m", "streamer", "--limit", "6000", "--rate", "150", "--topic-suffix", suffix,
                     "--model", str(model_dir), "--reports-dir", str(tmp_path / "reports"), "--no-verify",
-                    "--timeout", "300",
+                    "--timeout", "300", *budgets,
                 ],
                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
             )  # fmt: skip
@@ -115,10 +141,11 @@ def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model
         assert "Traceback" not in server_log, server_log[-3000:]
         server_error = [line for line in server_log.splitlines() if line.startswith("error:")]
         assert server_error, server_log[-2000:]
+        assert f"(for {SHORT_BUDGETS['server.broker_give_up_s']:.0f}s)" in server_error[-1], server_error[-1]
         err_text = streamer_err.read_text(errors="replace")
         assert "Traceback" not in err_text, err_text[-3000:]
         last = err_text.replace("\r", "\n").strip().splitlines()[-1]
-        assert last.startswith("error:"), err_text[-2000:]
+        assert last.startswith("error: lost the broker mid-run:"), err_text[-2000:]
         time.sleep(0.5)
         leftovers = pids_with(suffix)
         assert not leftovers, f"processes left behind: {leftovers}"
