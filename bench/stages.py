@@ -128,7 +128,8 @@ def timed_run(topo: Topology, images: np.ndarray, rate: float, streams: int, tim
     publisher = BulkPublisher(topo.requests_topic_path)
     started = time.monotonic()
     try:
-        asyncio.run(publish_dataset(publisher, images, run_id, rate, streams))
+        interval = load_config(None, "stream.py").streamer.publish_interval_ms / 1000  # as python -m streamer paces
+        asyncio.run(publish_dataset(publisher, images, run_id, rate, streams, interval_s=interval))
         published = time.monotonic() - started
         deadline = time.monotonic() + timeout
         while len(collector.got) < len(images) and time.monotonic() < deadline:

@@ -78,6 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
             # How long one batch of requests is retried while the broker does not answer, before the run fails:
             # 20 s rides out a broker restart; a dead broker ends the run this long after the loss is noticed.
             publish_retry_s=20.0,
+            # A paced run's Publish calls start at least this far apart; what falls due meanwhile shares one. Each
+            # call costs the broker and this process more than its messages do: at 1,400 img/s one call per due
+            # image gave p50/p99 252/558 ms and 0.52 client cores, 5 ms gave 55/174 ms and 0.31 (emulator,
+            # docs/benchmarks.md). At 200 img/s and below an image is due every 5 ms or later: nothing changes.
+            publish_interval_ms=5.0,
         )
     )
 

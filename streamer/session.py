@@ -126,7 +126,8 @@ class RunSession:
         images = np.resize(images, (messages, *images.shape[1:]))
         publisher = BulkPublisher(self.topology.requests_topic_path, retry_s=self.config.streamer.publish_retry_s)
         try:
-            asyncio.run(publish_dataset(publisher, images, "warmup", WARM_UP_RATE, 16))
+            interval = self.config.streamer.publish_interval_ms / 1000
+            asyncio.run(publish_dataset(publisher, images, "warmup", WARM_UP_RATE, 16, interval_s=interval))
         finally:
             publisher.close()
         # Every model answers every request: pull (and ack) all their results before the timed stream.
@@ -151,7 +152,16 @@ class RunSession:
         publisher = BulkPublisher(self.topology.requests_topic_path, retry_s=s.publish_retry_s)
         task = asyncio.create_task(
             publish_dataset(
-                publisher, data.images, run_id, s.rate, s.streams, content_type, on_published, stop, files=data.files
+                publisher,
+                data.images,
+                run_id,
+                s.rate,
+                s.streams,
+                content_type,
+                on_published,
+                stop,
+                files=data.files,
+                interval_s=s.publish_interval_ms / 1000,
             )
         )
         try:

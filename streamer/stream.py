@@ -56,17 +56,26 @@ async def publish_dataset(
     stop: asyncio.Event | None = None,
     max_batch: int = 1000,
     files: tuple[str, ...] = (),
+    interval_s: float = 0.0,
 ) -> np.ndarray:
     """Publish every image; returns the send time (time.time()) of each. Raises BrokerError on failure.
 
     What is due is sent as one batch; the next batch is built while the previous
     one is in flight, and at most one is in flight (per-key order, bounded memory).
+    A paced run starts its Publish calls at least `interval_s` apart, so what falls due
+    meanwhile shares a call (streamer.publish_interval_ms); each request's send time is
+    still stamped when it is built.
     """
     sent_s = np.full(len(images), np.nan)
     start = time.monotonic()
     in_flight: asyncio.Future | None = None
+    called = -interval_s
     i = 0
     while i < len(images) and not (stop is not None and stop.is_set()):
+        wait = called + interval_s - time.monotonic()
+        if rate > 0 and wait > 0:
+            await asyncio.sleep(wait)
+            continue
         due = len(images) if rate <= 0 else min(len(images), int((time.monotonic() - start) * rate) + 1)
         if due <= i:
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
@@ -80,6 +89,7 @@ async def publish_dataset(
         if in_flight is not None:
             await in_flight
         in_flight = asyncio.ensure_future(asyncio.to_thread(publisher.publish_batch, items))
+        called = time.monotonic()
         if on_published:
             in_flight.add_done_callback(
                 lambda f, n=end - i: not f.cancelled() and f.exception() is None and on_published(n)

@@ -507,6 +507,55 @@ def test_ordered_publisher_closes_with_batches_queued(emulator, suffix):
     assert proc.returncode == 0 and "closed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
+@pytest.mark.timeout(90)
+def test_queued_publisher_keeps_every_key_in_order_and_fails_only_what_it_could_not_send(emulator, suffix):
+    """The server's result publisher: groups coalesced into shared requests, a group larger than the
+    request limit split over several, every ordering key in submission order; a failed request fails
+    its groups' futures with BrokerError, and nothing is accepted after close."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+
+    from broker.errors import BrokerError
+    from broker.pubsub import QueuedPublisher
+
+    topic = f"projects/{EMULATOR_PROJECT}/topics/queued-results-{suffix}"
+    sub = f"projects/{EMULATOR_PROJECT}/subscriptions/queued-results-{suffix}"
+    admin, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    create_topic(admin, topic)
+    create_subscription(subscriber, sub, topic, enable_message_ordering=True)
+    publisher = QueuedPublisher(topic, max_messages=7)  # groups of 1-11 messages: shared and split requests
+    try:
+        groups = [[(f"g{g}-m{m}".encode(), {"g": str(g)}, f"k{m % 4}") for m in range(1 + g % 11)] for g in range(40)]
+        futures = [publisher.submit(group) for group in groups]
+        ids = [future.result(timeout=30) for future in futures]
+        assert [len(i) for i in ids] == [len(group) for group in groups]
+        assert len({i for group in ids for i in group}) == sum(map(len, groups))
+
+        sent = [item for group in groups for item in group]
+        got = pull_until(sub, len(sent), 30.0, poll_s=2.0)
+        assert sorted(m.data for m in got) == sorted(data for data, *_ in sent)
+        for key in {key for *_, key in sent}:
+            assert [m.data for m in got if m.ordering_key == key] == [d for d, _, k in sent if k == key], key
+
+        admin.delete_topic(request={"topic": topic})  # the topic goes away: that request fails, and says so
+        with pytest.raises(BrokerError, match="not found|NotFound|404"):
+            publisher.submit([(b"lost", {}, "k0")]).result(timeout=30)
+    finally:
+        assert publisher.close(timeout=10)
+        with pytest.raises(BrokerError, match="closed"):
+            publisher.submit([(b"late", {}, "k0")]).result(timeout=1)
+        for cleanup in (
+            lambda: subscriber.delete_subscription(request={"subscription": sub}),
+            lambda: admin.delete_topic(request={"topic": topic}),
+        ):
+            try:
+                cleanup()
+            except gexc.NotFound:
+                pass
+        admin.transport.close()
+        subscriber.close()
+
+
 @pytest.mark.timeout(60)
 def test_cancelling_the_publisher_mid_batch_is_quiet(topology, test_images):
     import asyncio

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from broker import wire
-from broker.pubsub import BulkPublisher, Publisher
+from broker.pubsub import BulkPublisher, Publisher, pull_until
 from results import metrics
 from streamer.collector import Collector
 from streamer.stream import publish_dataset
@@ -83,6 +83,30 @@ def test_rate_limiter_keeps_the_rate(emulator, topology, test_images):
     achieved = (len(sent) - 1) / (sent.max() - sent.min())
     assert 0.9 * 400 <= achieved <= 1.1 * 400, achieved
     assert 0.9 <= elapsed <= 1.6, elapsed
+
+
+def test_publish_interval_puts_what_fell_due_into_one_call_and_keeps_the_rate(emulator, topology, test_images):
+    class Counting(BulkPublisher):  # the real publisher, counting its Publish calls
+        calls = 0
+
+        def publish_batch(self, items):
+            Counting.calls += 1
+            return super().publish_batch(items)
+
+    publisher = Counting(topology.requests_topic_path)
+    try:
+        sent = asyncio.run(publish_dataset(publisher, test_images.images[:400], "tick", 400.0, 4, interval_s=0.05))
+    finally:
+        publisher.close()
+    achieved = (len(sent) - 1) / (sent.max() - sent.min())
+    assert 0.9 * 400 <= achieved <= 1.1 * 400, achieved
+    assert Counting.calls <= 1.0 / 0.05 + 2, Counting.calls  # ~1 s of images: one call per 50 ms, not per image
+    got = pull_until(topology.requests_subscription_path, 400, 30.0, poll_s=2.0)
+    by_stream: dict[str, list[int]] = {}
+    for m in got:
+        by_stream.setdefault(m.attributes["stream"], []).append(int(m.attributes["seq"]))
+    assert sorted(len(v) for v in by_stream.values()) == [100] * 4
+    assert all(seqs == sorted(seqs) for seqs in by_stream.values())
 
 
 def test_single_image_mode(topology, start_server, suffix):
