@@ -105,7 +105,7 @@ def run_mix(shared: SharedServer, model_dir, test_images, n_good: int, n_bad: in
     bad = generate_malformed(n_bad)
     assert len(bad) >= n_bad * 0.9, f"Hypothesis generated only {len(bad)} malformed requests"
     good_images = np.concatenate([test_images.images] * (n_good // len(test_images) + 1))[:n_good]
-    good_ids = [f"good-{i}" for i in range(n_good)]
+    good_ids = [f"fuzz-good-{i}" for i in range(n_good)]
     messages, bad_ids = [], []
     order = list(range(n_good)) + [-1 - k for k in range(len(bad))]
     random.Random(0).shuffle(order)
@@ -119,7 +119,7 @@ def run_mix(shared: SharedServer, model_dir, test_images, n_good: int, n_bad: in
             data, attrs = bad[-1 - k]
             attrs = dict(attrs)
             if "request_id" not in attrs or len(attrs["request_id"]) <= wire.MAX_ID_CHARS:
-                attrs["request_id"] = f"bad-{-1 - k}"
+                attrs["request_id"] = f"fuzz-bad-{-1 - k}"
                 bad_ids.append(attrs["request_id"])
             messages.append((data, f"fuzz{(-1 - k) % 4}", attrs))
     started = time.monotonic()
