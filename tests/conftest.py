@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -19,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.cloud import pubsub_v1
 
 from broker import process, wire
-from broker.emulator import Emulator
+from broker.emulator import Emulator, free_port
 from broker.pubsub import (
     EMULATOR_PROJECT,
     Publisher,
     PublishSettings,
     Topology,
+    create_subscription,
     delete_topology,
     ensure_topology,
     pull_until,
@@ -165,6 +168,67 @@ def start_server(suffix, model_dir, topology):
         server.kill()
 
 
+@dataclasses.dataclass
+class SharedServer:
+    """One warmed `python -m server` on its own topology, serving every test that only sends requests and reads
+    results. Each such test gets its own view (`topology`): the shared requests topic and a results subscription
+    made for that test alone, so it sees only results published after it started.
+    """
+
+    server: ServerProcess
+    topology: Topology
+    metrics_port: int
+
+    def log_since(self, mark: int) -> str:
+        """The server's log after character `mark` (take `len(server.log_text())` before the test's traffic)."""
+        return self.server.log_text()[mark:]
+
+
+@pytest.fixture(scope="session")
+def shared_server(emulator, model_dir) -> SharedServer:
+    """Started lazily, once per process (xdist worker) that needs it: a server start costs 4-5 s of JAX import
+    and warm-up. Tests that kill, stop, signal or reconfigure a server use `start_server` instead.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    topo = fresh_topology(suffix)
+    ensure_topology(topo)
+    port = free_port()
+    server = ServerProcess(suffix, model_dir, "--metrics-port", str(port))
+    try:
+        server.wait_ready()
+        yield SharedServer(server, topo, port)
+    finally:
+        server.kill()
+        delete_topology(topo)
+
+
+@pytest.fixture
+def shared(shared_server) -> SharedServer:
+    """The shared server, with `topology` whose results subscription is this test's own."""
+    assert shared_server.server.proc.poll() is None, "the shared server died in an earlier test"
+    own = uuid.uuid4().hex[:10]
+    topo = dataclasses.replace(
+        shared_server.topology, results_subscription=f"{shared_server.topology.results_subscription}-{own}"
+    )
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        create_subscription(
+            subscriber,
+            topo.results_subscription_path,
+            topo.results_topic_path,
+            enable_message_ordering=True,
+            ack_deadline_seconds=topo.ack_deadline_s,
+        )
+    finally:
+        subscriber.close()
+    yield dataclasses.replace(shared_server, topology=topo)
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        subscriber.delete_subscription(request={"subscription": topo.results_subscription_path})
+    finally:
+        subscriber.close()
+
+
 # ----------------------------------------------------------------- helpers
 def stream_config_file(path: Path, values: dict) -> Path:
     """A `--config` file: configs/stream.py with `values` ({"server.drain_timeout_s": 3.0, ...}) set.
@@ -202,15 +266,17 @@ def free_port_run(n: int) -> int:
 
 
 def publish_images(
-    topo: Topology, images: np.ndarray, run_id: str = "t", streams: int = 4, start: int = 0
+    topo: Topology, images: np.ndarray, run_id: str = "t", streams: int = 4, start: int = 0, stream_prefix: str = ""
 ) -> list[str]:
-    """Publish images as raw requests `<run_id>-<i>`; returns the request ids."""
+    """Publish images as raw requests `<run_id>-<i>` on streams `<stream_prefix><i % streams>`; returns the ids."""
     publisher = Publisher(topo.requests_topic_path, PublishSettings(max_latency_s=0.01))
     ids, futures = [], []
     try:
         for k, image in enumerate(images):
             i = start + k
-            data, attrs = wire.encode_request(image, f"{run_id}-{i}", stream=str(i % streams), seq=i // streams)
+            data, attrs = wire.encode_request(
+                image, f"{run_id}-{i}", stream=f"{stream_prefix}{i % streams}", seq=i // streams
+            )
             futures.append(publisher.publish(data, attrs["stream"], **attrs))
             ids.append(f"{run_id}-{i}")
         for future in futures:

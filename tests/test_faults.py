@@ -247,7 +247,7 @@ def malformed_messages(images: np.ndarray, n: int, seed: int = 6) -> list[tuple[
     out = []
     for i in range(n):
         kind = "oversized" if i == n // 2 else kinds[i % len(kinds)]
-        rid, key = f"bad-{i}", str(i % 4)
+        rid, key = f"flood-bad-{i}", f"flood{i % 4}"
         base = {"request_id": rid, "stream": key, "seq": str(10_000 + i), "sent_ns": str(time.time_ns())}
         if kind == "empty":
             out.append((b"", key, {**base, **raw}, "empty", kind))
@@ -311,7 +311,7 @@ def malformed_messages(images: np.ndarray, n: int, seed: int = 6) -> list[tuple[
 
 
 @pytest.mark.timeout(300)
-def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topology, start_server, model_dir):
+def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(shared, model_dir):
     from train.data import load_fashion_mnist
     from train.evaluate import evaluate_model
 
@@ -319,11 +319,12 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
     bad = malformed_messages(images, N_BAD)
     good = []
     for i in range(N_GOOD):
-        data, attrs = wire.encode_request(images[i], f"good-{i}", stream=str(i % 4), seq=i)
+        data, attrs = wire.encode_request(images[i], f"flood-good-{i}", stream=f"flood{i % 4}", seq=i)
         good.append((data, attrs["stream"], attrs))
     interleaved = [m for pair in zip(good, [(d, k, a) for d, k, a, _, _ in bad]) for m in pair]
-    server = start_server()
+    topology, server = shared.topology, shared.server
     pid = server.proc.pid
+    log_mark = len(server.log_text())
     with ResultWatcher(topology) as watcher:
         started = time.monotonic()
         message_ids = publish_messages(topology, interleaved)
@@ -332,7 +333,7 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
         def everything_answered(arrivals) -> bool:
             ids = {r.get("request_id") for _, r, _ in arrivals}
             errors = {r.get("message_id") for _, r, _ in arrivals if "error" in r}
-            return all(f"good-{i}" in ids for i in range(N_GOOD)) and set(bad_ids) <= errors
+            return all(f"flood-good-{i}" in ids for i in range(N_GOOD)) and set(bad_ids) <= errors
 
         complete = watcher.wait_until(everything_answered, timeout=180)
         elapsed = time.monotonic() - started
@@ -348,17 +349,17 @@ def test_malformed_flood_gets_error_results_and_good_requests_stay_correct(topol
         if errors_by_message[mid]["error"] != reason
     ]
     assert not wrong, wrong[:10]
-    assert set(predictions) == {f"good-{i}" for i in range(N_GOOD)}, "no bad message may yield a prediction"
+    assert set(predictions) == {f"flood-good-{i}" for i in range(N_GOOD)}, "no bad message may yield a prediction"
     # Every good message: the same label as the offline evaluation of the same checkpoint.
     offline = evaluate_model(model_dir, N_GOOD).answers.prediction
-    mismatches = [i for i in range(N_GOOD) if predictions[f"good-{i}"]["label"] != int(offline[i])]
+    mismatches = [i for i in range(N_GOOD) if predictions[f"flood-good-{i}"]["label"] != int(offline[i])]
     assert not mismatches, f"{len(mismatches)} predictions differ from offline, e.g. {mismatches[:5]}"
     # The server never restarted: same process, still serving, no crash in its log.
     assert server.proc.pid == pid and server.proc.poll() is None and len(server.ready_lines) == 1
-    assert "Traceback" not in server.log_text()
-    publish_images(topology, images[:1], run_id="after")
+    assert "Traceback" not in shared.log_since(log_mark)
+    publish_images(topology, images[:1], run_id="flood-after", stream_prefix="flood-after")
     with ResultWatcher(topology) as again:
-        assert again.wait_for(["after-0"], timeout=30), "the server must keep serving after the flood"
+        assert again.wait_for(["flood-after-0"], timeout=30), "the server must keep serving after the flood"
     assert pull_until(topology.dead_letter_subscription_path, None, 30.0, until_empty=True, poll_s=0.5) == []
     reasons = Counter(r["error"] for r in errors_by_message.values())
     kinds = Counter(kind for *_, kind in bad)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from broker import wire
 from broker.emulator import free_port
 from broker.pubsub import BulkPublisher
-from tests.conftest import ResultWatcher
+from tests.conftest import ResultWatcher, SharedServer
 from tests.test_metrics import Scrape
 
 pytestmark = pytest.mark.emulator
@@ -89,32 +89,39 @@ def generate_malformed(n: int) -> list[tuple[bytes, dict[str, str]]]:
     return out[:n]
 
 
-def run_mix(topology, start_server, model_dir, test_images, n_good: int, n_bad: int) -> dict:
+def nacks(port: int) -> float:
+    """The server's batch-level nacks so far (a counter: a shared server's count before a run is subtracted)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return Scrape(text).value("icc_nacks_total")
+
+
+def run_mix(shared: SharedServer, model_dir, test_images, n_good: int, n_bad: int) -> dict:
     from train.evaluate import evaluate_model
 
-    port = free_port()
-    server = start_server("--metrics-port", str(port))
+    topology, server, port = shared.topology, shared.server, shared.metrics_port
     pid = server.proc.pid
+    log_mark = len(server.log_text())
+    nacks_before = nacks(port)
     bad = generate_malformed(n_bad)
     assert len(bad) >= n_bad * 0.9, f"Hypothesis generated only {len(bad)} malformed requests"
     good_images = np.concatenate([test_images.images] * (n_good // len(test_images) + 1))[:n_good]
-    good_ids = [f"good-{i}" for i in range(n_good)]
+    good_ids = [f"fuzz-good-{i}" for i in range(n_good)]
     messages, bad_ids = [], []
     order = list(range(n_good)) + [-1 - k for k in range(len(bad))]
     random.Random(0).shuffle(order)
     seqs: Counter = Counter()
     for k in order:
         if k >= 0:
-            data, attrs = wire.encode_request(good_images[k], good_ids[k], stream=str(k % 8), seq=seqs[k % 8])
+            data, attrs = wire.encode_request(good_images[k], good_ids[k], stream=f"mix{k % 8}", seq=seqs[k % 8])
             seqs[k % 8] += 1
             messages.append((data, attrs["stream"], attrs))
         else:
             data, attrs = bad[-1 - k]
             attrs = dict(attrs)
             if "request_id" not in attrs or len(attrs["request_id"]) <= wire.MAX_ID_CHARS:
-                attrs["request_id"] = f"bad-{-1 - k}"
+                attrs["request_id"] = f"fuzz-bad-{-1 - k}"
                 bad_ids.append(attrs["request_id"])
-            messages.append((data, f"bad{(-1 - k) % 4}", attrs))
+            messages.append((data, f"fuzz{(-1 - k) % 4}", attrs))
     started = time.monotonic()
     with ResultWatcher(topology) as watcher:
         # Raw Publish RPCs: any attribute name goes through (the client's publish() takes attributes as
@@ -133,18 +140,17 @@ def run_mix(topology, start_server, model_dir, test_images, n_good: int, n_bad: 
     by_id = {r.get("request_id"): r for _, r, _ in arrivals}
     offline = evaluate_model(model_dir, len(test_images)).answers.prediction
     wrong = [i for i in range(n_good) if by_id[good_ids[i]].get("label") != offline[i % len(test_images)]]
-    scrape = Scrape(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
     return {
         "server_alive": server.proc.poll() is None and server.proc.pid == pid,
         "good_errors": [i for i in good_ids if "error" in by_id[i]],
         "wrong": wrong,
         "bad_not_errors": [i for i in bad_ids if "error" not in by_id[i]],
         "bad_answered_twice": [i for i in bad_ids if results[i] != 1],
-        "nacks": scrape.value("icc_nacks_total"),
+        "nacks": nacks(port) - nacks_before,
         "reasons": Counter(by_id[i]["error"] for i in bad_ids),
         "elapsed_s": elapsed,
         "n_bad": len(bad),
-        "log": server.log_text(),
+        "log": shared.log_since(log_mark),
     }
 
 
@@ -161,11 +167,13 @@ def check(outcome: dict) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_generated_bad_requests_cost_no_good_request(topology, start_server, model_dir, test_images):
-    check(run_mix(topology, start_server, model_dir, test_images, n_good=2000, n_bad=400))
+def test_generated_bad_requests_cost_no_good_request(shared, model_dir, test_images):
+    check(run_mix(shared, model_dir, test_images, n_good=2000, n_bad=400))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_2000_generated_bad_requests_among_10000_good(topology, start_server, model_dir, test_images):
-    check(run_mix(topology, start_server, model_dir, test_images, n_good=10_000, n_bad=2000))
+    port = free_port()
+    server = start_server("--metrics-port", str(port))  # the long run keeps a server of its own
+    check(run_mix(SharedServer(server, topology, port), model_dir, test_images, n_good=10_000, n_bad=2000))

@@ -113,7 +113,7 @@ def jpeg_claiming(width: int, height: int) -> bytes:
 
 
 @pytest.mark.timeout(180)
-def test_decompression_bombs_and_absurd_attributes_get_error_results(topology, start_server, test_images):
+def test_decompression_bombs_and_absurd_attributes_get_error_results(shared, test_images):
     bomb = png_bomb(20_000)  # 400 Mpx, > 2x Pillow's limit as the server sets it: DecompressionBombError
     assert len(bomb) < 100_000
     cases: dict[str, tuple[bytes, dict, str]] = {
@@ -143,13 +143,14 @@ def test_decompression_bombs_and_absurd_attributes_get_error_results(topology, s
     messages = []
     for name, (data, attrs, _) in cases.items():
         request_id = "r" * 1000 if name == "long-request-id" else name
-        messages.append((data, "s", {"request_id": request_id, "seq": "0", "sent_ns": "1", **attrs}))
+        messages.append((data, "bombs", {"request_id": request_id, "seq": "0", "sent_ns": "1", **attrs}))
     # A good request with a 1,000-character stream attribute: answered, on the empty stream.
     good_attrs = wire.encode_request(test_images.images[0], "long-stream", stream="x" * 1000, seq=0)[1]
-    messages.append((pixels, "s", good_attrs))
+    messages.append((pixels, "bombs", good_attrs))
 
-    server = start_server()
+    topology, server = shared.topology, shared.server
     pid = server.proc.pid
+    log_mark = len(server.log_text())
     with ResultWatcher(topology) as watcher:
         started = time.monotonic()
         message_ids = publish_messages(topology, messages)
@@ -168,10 +169,10 @@ def test_decompression_bombs_and_absurd_attributes_get_error_results(topology, s
     assert good and "label" in good[0] and good[0]["stream"] == ""
     assert elapsed < 30, f"hostile input took {elapsed:.1f}s to answer"
     assert server.proc.pid == pid and server.proc.poll() is None, "the server must survive hostile input"
-    assert "Traceback" not in server.log_text()
-    publish_images(topology, test_images.images[1:2], run_id="after")
+    assert "Traceback" not in shared.log_since(log_mark)
+    publish_images(topology, test_images.images[1:2], run_id="bombs-after", stream_prefix="bombs-after")
     with ResultWatcher(topology) as again:
-        assert again.wait_for(["after-0"], timeout=30)
+        assert again.wait_for(["bombs-after-0"], timeout=30)
 
 
 def test_unicode_digits_in_attributes_get_an_error_not_an_exception():

@@ -17,13 +17,18 @@ from tests.conftest import collect_results, publish_images, publish_raw
 pytestmark = pytest.mark.emulator
 
 
-def test_single_round_trip(topology, start_server, test_images):
-    start_server()
-    publish_images(topology, test_images.images[:1], run_id="one")
+# Tests that only send requests and read results share one warmed server (`shared`, tests/conftest.py): each
+# reads a results subscription of its own and uses its own request ids and streams, and every test before it
+# waited for all its results, so it still meets an idle server. Tests that stop or reconfigure a server start one.
+
+
+def test_single_round_trip(shared, test_images):
+    topology = shared.topology
+    publish_images(topology, test_images.images[:1], run_id="one", stream_prefix="one")
     results, bodies = collect_results(topology, 1, timeout=30)
     assert len(results) == 1
     r = results[0]
-    assert r["request_id"] == "one-0" and r["stream"] == "0" and r["seq"] == 0
+    assert r["request_id"] == "one-0" and r["stream"] == "one0" and r["seq"] == 0
     assert 0 <= r["label"] < 10 and r["class_name"] == test_images.class_names[r["label"]]
     assert 0 < r["confidence"] <= 1 and len(r["top_k"]) == 3 and r["top_k"][0][0] == r["label"]
     assert set(r["timing"]) == {
@@ -38,11 +43,11 @@ def test_single_round_trip(topology, start_server, test_images):
     assert bodies[0]["model"] and bodies[0]["replica"]
 
 
-def test_png_request_is_decoded(topology, start_server, test_images):
-    start_server()
+def test_png_request_is_decoded(shared, test_images):
+    topology = shared.topology
     buf = io.BytesIO()
     Image.fromarray(test_images.images[0][..., 0]).resize((112, 112)).convert("RGB").save(buf, format="PNG")
-    publish_raw(topology, buf.getvalue(), "s", **wire.encode_request(buf.getvalue(), "png-0", "s", 0, wire.PNG)[1])
+    publish_raw(topology, buf.getvalue(), "s", **wire.encode_request(buf.getvalue(), "png-0", "png", 0, wire.PNG)[1])
     results, _ = collect_results(topology, 1, timeout=30)
     assert results[0]["request_id"] == "png-0" and "error" not in results[0]
 
@@ -84,13 +89,13 @@ BAD_MESSAGES = {
 
 
 @pytest.mark.timeout(120)
-def test_bad_input_gets_error_results_and_server_keeps_serving(topology, start_server, test_images):
-    server = start_server()
+def test_bad_input_gets_error_results_and_server_keeps_serving(shared, test_images):
+    topology, server = shared.topology, shared.server
     for reason, (data, attrs) in BAD_MESSAGES.items():
         publish_raw(topology, data, "bad", request_id=f"bad-{reason}", seq="0", sent_ns="1", **attrs)
     publish_raw(topology, b"\x00" * 784, "bad")  # no attributes at all
     publish_raw(topology, b"\x00" * 784, "bad", request_id="bad-seq", content_type=wire.RAW, shape="28,28,1", seq="-3")
-    good = publish_images(topology, test_images.images[:3], run_id="good")
+    good = publish_images(topology, test_images.images[:3], run_id="good", stream_prefix="good")
     results, _ = collect_results(topology, len(BAD_MESSAGES) + 2 + 3, timeout=60)
     by_id = {r["request_id"]: r for r in results}
     for reason in BAD_MESSAGES:
@@ -100,7 +105,7 @@ def test_bad_input_gets_error_results_and_server_keeps_serving(topology, start_s
     assert all("error" not in by_id[i] and "label" in by_id[i] for i in good)
     assert server.proc.poll() is None, "the server must survive bad input"
     # And it still serves the next good message.
-    publish_images(topology, test_images.images[3:4], run_id="after")
+    publish_images(topology, test_images.images[3:4], run_id="after", stream_prefix="after")
     assert collect_results(topology, 1, timeout=30)[0][0]["request_id"] == "after-0"
 
 
@@ -184,7 +189,7 @@ def test_a_message_nacked_past_the_attempt_limit_does_not_brick_the_emulator(top
 
 
 @pytest.mark.timeout(120)
-def test_a_20_digit_seq_costs_only_its_own_request(topology, start_server, model_dir, test_images):
+def test_a_20_digit_seq_costs_only_its_own_request(shared, model_dir, test_images):
     """A defect once shipped, as a user met it: one REST publish of two requests on two streams.
 
     `big-seq` carries seq = 20 digits (past int64); `ok-1` is valid. Before, the result JSON failed
@@ -211,7 +216,8 @@ def test_a_20_digit_seq_costs_only_its_own_request(topology, start_server, model
             },
         ]
     }
-    server = start_server()
+    topology, server = shared.topology, shared.server
+    log_mark = len(server.log_text())
     url = f"http://{os.environ['PUBSUB_EMULATOR_HOST']}/v1/{topology.requests_topic_path}:publish"
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
@@ -225,4 +231,4 @@ def test_a_20_digit_seq_costs_only_its_own_request(topology, start_server, model
     assert "error" not in by_id["ok-1"] and by_id["ok-1"]["label"] == expected
     time.sleep(2)
     assert server.proc.poll() is None, "the server must keep running"
-    assert "nacking" not in server.log_text()
+    assert "nacking" not in shared.log_since(log_mark)
