@@ -226,11 +226,7 @@ def ensure_topology(topo: Topology) -> None:
             subscriber, topo.requests_subscription_path, topo.requests_topic_path, **requests_subscription_options(topo)
         )
         create_subscription(
-            subscriber,
-            topo.results_subscription_path,
-            topo.results_topic_path,
-            enable_message_ordering=True,
-            ack_deadline_seconds=topo.ack_deadline_s,
+            subscriber, topo.results_subscription_path, topo.results_topic_path, **results_subscription_options(topo)
         )
         create_subscription(subscriber, topo.dead_letter_subscription_path, topo.dead_letter_topic_path)
     except gexc.GoogleAPICallError as err:
@@ -238,6 +234,11 @@ def ensure_topology(topo: Topology) -> None:
     finally:
         publisher.transport.close()
         subscriber.close()
+
+
+def results_subscription_options(topo: Topology) -> dict:
+    """Ordered delivery (each stream's results in order) and the ack deadline."""
+    return {"enable_message_ordering": True, "ack_deadline_seconds": topo.ack_deadline_s}
 
 
 def requests_subscription_options(topo: Topology, emulator: bool | None = None) -> dict:

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from broker.pubsub import (
     delete_topology,
     ensure_topology,
     pull_until,
+    results_subscription_options,
 )
 from configs import load_config
 
@@ -189,6 +191,13 @@ def shared_server(emulator, model_dir) -> SharedServer:
     """Started lazily, once per process (xdist worker) that needs it: a server start costs 4-5 s of JAX import
     and warm-up. Tests that kill, stop, signal or reconfigure a server use `start_server` instead.
     """
+    with metered_server(model_dir) as (server, topo, port):
+        yield SharedServer(server, topo, port)
+
+
+@contextlib.contextmanager
+def metered_server(model_dir: Path) -> Iterator[tuple[ServerProcess, Topology, int]]:
+    """A ready `python -m server` with a Prometheus port, on a fresh topology; killed and its topology deleted after."""
     suffix = uuid.uuid4().hex[:10]
     topo = fresh_topology(suffix)
     ensure_topology(topo)
@@ -196,7 +205,7 @@ def shared_server(emulator, model_dir) -> SharedServer:
     server = ServerProcess(suffix, model_dir, "--metrics-port", str(port))
     try:
         server.wait_ready()
-        yield SharedServer(server, topo, port)
+        yield server, topo, port
     finally:
         server.kill()
         delete_topology(topo)
@@ -213,11 +222,7 @@ def shared(shared_server) -> SharedServer:
     subscriber = pubsub_v1.SubscriberClient()
     try:
         create_subscription(
-            subscriber,
-            topo.results_subscription_path,
-            topo.results_topic_path,
-            enable_message_ordering=True,
-            ack_deadline_seconds=topo.ack_deadline_s,
+            subscriber, topo.results_subscription_path, topo.results_topic_path, **results_subscription_options(topo)
         )
     finally:
         subscriber.close()

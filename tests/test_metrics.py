@@ -9,20 +9,16 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-import uuid
 from collections import Counter
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import wire
-from broker.emulator import free_port
-from broker.pubsub import delete_topology, ensure_topology
 from tests.conftest import (
-    ServerProcess,
     collect_results,
     free_port_run,
-    fresh_topology,
+    metered_server,
     publish_images,
     publish_messages,
 )
@@ -58,13 +54,7 @@ def run(emulator, model_dir, test_images):
     """(scrape, results, result-message bodies, server log, model metadata) after 50 good + 5 bad requests."""
     from train.checkpoint import load_metadata
 
-    suffix = uuid.uuid4().hex[:10]
-    topo = fresh_topology(suffix)
-    ensure_topology(topo)
-    port = free_port()
-    server = ServerProcess(suffix, model_dir, "--metrics-port", str(port))
-    try:
-        server.wait_ready()
+    with metered_server(model_dir) as (server, topo, port):
         publish_images(topo, test_images.images[:N_GOOD], run_id="m")
         publish_messages(topo, [(data, "b", {"request_id": rid, **attrs}) for rid, (data, attrs, _) in BAD.items()])
         results, bodies = collect_results(topo, N_GOOD + len(BAD), timeout=60)
@@ -77,9 +67,6 @@ def run(emulator, model_dir, test_images):
                 break
             time.sleep(0.2)
         yield scrape, results, bodies, server.log_text(), load_metadata(model_dir)
-    finally:
-        server.kill()
-        delete_topology(topo)
 
 
 @pytest.mark.timeout(120)
