@@ -190,6 +190,7 @@ class InferenceServer:
                 self.policy.arrived(len(msgs), now)
                 self.cond.notify()
             metrics.REQUESTS.inc(len(msgs))
+            metrics.OUTSTANDING.set(len(self.leases))  # the acker sets it again as they settle
             metrics.PULL.observe(now - asked)
             metrics.PULL_SIZE.observe(len(msgs))
 

@@ -57,20 +57,22 @@ def holding_replica(ports: list[int], timeout: float) -> int:
     raise AssertionError("no replica held work within the timeout")
 
 
-N_KILL = 10_000  # the full test set, as in a real run
-
-
 @pytest.mark.serial
 @pytest.mark.timeout(240)
-def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
+@pytest.mark.parametrize("n_kill", [3000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_replica_sigkilled_mid_stream_loses_nothing(n_kill, topology, start_server):
+    """A burst; a replica SIGKILLed while it holds work. Its keys stay blocked until redelivery (the 10 s ack
+    deadline), then the survivor drains what is left, at its own speed: 4.5 s for ~7,000-8,000 of a
+    10,000 burst here (14.2-15.2 s kill to done), more on a slower machine. 3,000 keep that drain to
+    ~1-2 s on either kind, so the 15 s bound stays a bound on redelivery; 10,000 is `-m slow`."""
     from train.data import load_fashion_mnist
 
-    images = load_fashion_mnist("test", N_KILL).images
+    images = load_fashion_mnist("test", n_kill).images
     port = free_port_run(2)
     server = start_server("--metrics-port", str(port), replicas=2)
     pids = [int(re.search(r"\bpid (\d+)", line).group(1)) for line in server.ready_lines]
     assert len(set(pids)) == 2, server.ready_lines
-    ids = [f"kill-{i}" for i in range(N_KILL)]
+    ids = [f"kill-{i}" for i in range(n_kill)]
     with ResultWatcher(topology) as watcher:
         # A burst: both replicas pull hundreds of requests at once, so the one killed at its
         # first answer still holds most of what it pulled (pulled, not acknowledged).
@@ -111,7 +113,7 @@ def test_replica_sigkilled_mid_stream_loses_nothing(topology, start_server):
     longest = int(np.argmax(gaps))
     figures(
         "replica_kill",
-        requests=N_KILL,
+        requests=n_kill,
         answered_before_kill=answered_before,
         publish_s=round(t_kill - t_publish, 1),
         longest_silence_after_kill_s=round(float(gaps[longest]), 2),
