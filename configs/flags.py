@@ -4,7 +4,8 @@ Every entry point parses its flags with `FlagParser`, which checks each value ag
 after parsing: before JAX is imported (about 3 s here), before an emulator, a server or a training
 run starts. A value outside its domain is one line naming the flag and what it allows, and exit
 status 2. `python -m train` checks its `--config.KEY=VALUE` overrides (and the config file's own
-values) against `TRAIN_CONFIG` the same way.
+values) against `TRAIN_CONFIG` the same way; `python -m streamer` and `python -m server` check the
+configs/stream.py keys that no flag sets against `STREAM_CONFIG`, before any broker work.
 
 A new flag of type int or float, or with a fixed set of values, needs its line here:
 tests/test_flags.py fails for a flag without one. Bounds are what the code can run with, not what
@@ -205,6 +206,16 @@ def comma_list(kind: type) -> Callable[[str], list]:
 
 # configs/default.py's keys: what `python -m train --config.KEY=VALUE` and a config file may set.
 IMAGE_SIDE = Numbers(4, 1024, whole=True)  # two 2x2 poolings need 4 pixels; 1,024 is far beyond CPU training
+# configs/stream.py keys that no flag sets, only a config file: `python -m streamer` and `python -m server` check
+# them as they check flags, before anything starts.
+STREAM_CONFIG: dict[str, Domain] = {
+    # a Publish call per due batch at most this often; past a second a paced run would send in bursts
+    "streamer.publish_interval_ms": Numbers(0, 1000, note="0 = a call per due batch"),
+    "streamer.publish_retry_s": Numbers(0, 600, above=True),
+    "collector.give_up_s": Numbers(0, 600, above=True),
+    "server.publish_max_messages": Numbers(1, 1000, whole=True, note="Pub/Sub's limit per Publish request"),
+}
+
 TRAIN_CONFIG: dict[str, Domain] = {
     "seed": Numbers(0, 2**31 - 1, whole=True),
     "dataset": OneOf(("fashion_mnist", "idx", "folder")),
@@ -274,11 +285,17 @@ def flag_problems(parser: argparse.ArgumentParser, namespace: argparse.Namespace
     return out
 
 
-def config_problems(config: Mapping, overrides: Iterable[str] = (), source: str = "the config file") -> list[str]:
-    """One line per TRAIN_CONFIG key of `config` outside its domain, named as the flag that set it if one did."""
+def config_problems(
+    config: Mapping,
+    overrides: Iterable[str] = (),
+    source: str = "the config file",
+    domains: Mapping[str, Domain] | None = None,
+) -> list[str]:
+    """One line per `domains` key (TRAIN_CONFIG's by default) of `config` outside its domain, named as the flag
+    that set it if one did."""
     out = []
     overridden = set(overrides)
-    for key, domain in TRAIN_CONFIG.items():
+    for key, domain in (TRAIN_CONFIG if domains is None else domains).items():
         section, *rest = key.split(".")
         value = config[section][rest[0]] if rest else config[section]
         named = (f"--config.{key}", "=", "") if key in overridden else (key, " = ", f" in {source}")

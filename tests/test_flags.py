@@ -319,3 +319,26 @@ def test_bad_flag_end_to_end_stops_before_jax_and_the_broker(argv, flag):
         m for m in imported if m.split(".")[0] in ("jax", "flax", "orbax") or m.startswith(("google.cloud", "broker"))
     ]
     assert not heavy, heavy[:5]
+
+
+def test_the_shipped_stream_config_is_within_its_domains():
+    from configs.flags import STREAM_CONFIG
+
+    assert config_problems(load_config(None, "stream.py"), domains=STREAM_CONFIG) == []
+
+
+@pytest.mark.parametrize("program", ["streamer", "server"])
+@pytest.mark.parametrize(
+    "key, value",
+    [("streamer.publish_interval_ms", -1.0), ("streamer.publish_retry_s", 0.0), ("server.publish_max_messages", 1001)],
+)
+def test_a_config_files_bad_value_stops_before_the_broker(program, key, value, tmp_path):
+    from tests.conftest import stream_config_file
+
+    path = stream_config_file(tmp_path / "bad.py", {key: value})
+    proc = subprocess.run(
+        [sys.executable, "-m", program, "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key} = {value!r} is not allowed in {path}"), proc.stderr
