@@ -402,7 +402,8 @@ class QueuedPublisher:
     (docs/benchmarks.md). One RPC in flight keeps every ordering key in order, as BulkPublisher does.
 
     `submit` returns a Future per group: its message ids, or the BrokerError that failed it (a failed
-    RPC fails every group in it; the caller decides what to redo). Groups still queued at `close`
+    RPC fails every group taken with it, some of which an earlier request of the same take may have
+    published: at-least-once; the caller decides what to redo). Groups still queued at `close`
     fail with BrokerError.
     """
 
@@ -434,20 +435,8 @@ class QueuedPublisher:
                     if self.closing:
                         return
                     continue
-                groups = self._take()
+                groups, self.queue = self.queue, []  # all of them: _requests cuts them to the limits
             self._send(groups)
-
-    def _take(self) -> list:
-        """The queued groups that fit one request (always at least one), removed from the queue."""
-        n = size = 0
-        for k, (items, _) in enumerate(self.queue):
-            n += len(items)
-            size += sum(len(data) + 64 for data, *_ in items)  # ~64 B of framing, key and attributes per message
-            if k and (n > self.max_messages or size > self.max_bytes):
-                taken, self.queue[:] = self.queue[:k], self.queue[k:]
-                return taken
-        taken, self.queue[:] = self.queue[:], []
-        return taken
 
     def _send(self, groups: list) -> None:
         items = [item for group, _ in groups for item in group]
@@ -455,7 +444,7 @@ class QueuedPublisher:
             ids: list[str] = []
             for chunk in self._requests(items):
                 ids += self.bulk.publish_batch(chunk)
-        except Exception as err:  # BrokerError, or anything unforeseen: every group in the request failed
+        except Exception as err:  # BrokerError, or anything unforeseen: every group taken with it failed
             for _, future in groups:
                 future.set_exception(err)
             return
@@ -465,9 +454,9 @@ class QueuedPublisher:
             start += len(group)
 
     def _requests(self, items: list) -> Iterator[list]:
-        """`items` cut into requests within the limits (several only when one group exceeds them), in order."""
+        """`items` cut into requests within the limits, in order."""
         chunk, size = [], 0
-        for item in items:
+        for item in items:  # ~64 B of framing, key and attributes per message besides its data
             if chunk and (len(chunk) >= self.max_messages or size + len(item[0]) + 64 > self.max_bytes):
                 yield chunk
                 chunk, size = [], 0

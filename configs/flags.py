@@ -304,6 +304,12 @@ def config_problems(
     return out
 
 
+def stream_config_problem(config: Mapping, path: str | None) -> str | None:
+    """The first STREAM_CONFIG key of a stream config (`path`, else configs/stream.py) outside its domain."""
+    problems = config_problems(config, source=path or "configs/stream.py", domains=STREAM_CONFIG)
+    return problems[0] if problems else None
+
+
 class FlagParser(argparse.ArgumentParser):
     """argparse with one-line errors, and every flag checked against its domain as soon as it is parsed.
 

@@ -17,7 +17,7 @@ from broker.errors import BrokerError
 from broker.process import ready_line, tied_to_parent
 from broker.pubsub import Topology, broker_session, ensure_topology
 from configs import from_args
-from configs.flags import STREAM_CONFIG, config_problems
+from configs.flags import stream_config_problem
 from server import metrics
 from server.serve import BucketedModel, InferenceServer, ServerSettings, enable_compilation_cache
 from train.checkpoint import DEFAULT_MODEL_DIR, ModelError
@@ -52,13 +52,13 @@ def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
     )
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = from_args(args, "stream.py")
-    problems = config_problems(config, source=args.config or "configs/stream.py", domains=STREAM_CONFIG)
+    problem = stream_config_problem(config, args.config)
     try:
         ServerSettings.from_config(config)  # a config file's bad batching setting: one line, before any broker work
     except ValueError as err:
-        problems.append(str(err))
-    if problems:
-        print(f"error: {problems[0]}", file=sys.stderr)
+        problem = problem or str(err)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     holder: dict = {}
 

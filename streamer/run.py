@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from broker.errors import BrokerError
 from configs import load_config
-from configs.flags import STREAM_CONFIG, config_problems
+from configs.flags import stream_config_problem
 from results import metrics
 from results.compare import offline_check
 from results.machine import machine
@@ -476,9 +476,8 @@ def main(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
         config, options = resolve(args)
-        problems = config_problems(config, source=args.config or "configs/stream.py", domains=STREAM_CONFIG)
-        if problems:
-            print(f"error: {problems[0]}", file=sys.stderr)
+        if problem := stream_config_problem(config, args.config):
+            print(f"error: {problem}", file=sys.stderr)
             return 2
         if options.single:
             from streamer.single import run_single
