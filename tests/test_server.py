@@ -188,6 +188,49 @@ def test_a_message_nacked_past_the_attempt_limit_does_not_brick_the_emulator(top
         puller.close()
 
 
+@pytest.mark.timeout(60)
+def test_an_idle_puller_polls_the_emulator_slower_and_answers_the_next_message_at_once(topology, emulator):
+    """Empty polls cost the emulator CPU, so a puller with nothing for a while (5 s; 1 s here) polls every
+    50 ms instead of every 1-10 ms; the message that ends the quiet spell is still taken by the next poll,
+    and the pace after it is the fast one again."""
+    from google.pubsub_v1.services.subscriber.client import SubscriberClient as Gapic
+
+    from broker import pubsub
+
+    polls: list[float] = []
+    real_pull = Gapic.pull
+
+    def counted(*args, **kwargs):
+        polls.append(time.monotonic())
+        return real_pull(*args, **kwargs)
+
+    puller = pubsub.Puller(topology.requests_subscription_path, poll=True)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Gapic, "pull", counted)
+            mp.setattr(pubsub, "_IDLE_AFTER_S", 1.0)
+            started = time.monotonic()
+            assert puller.pull(timeout=3.0) == []
+            quiet_at = started + pubsub._IDLE_AFTER_S
+            busy = sum(1 for t in polls if t < quiet_at)
+            idle = [t for t in polls if t > quiet_at + 0.1]
+            assert busy >= 40, busy  # 1, 2, 4, 8, then every 10 ms (plus the RPC's own time)
+            assert 15 <= len(idle) <= 42, len(idle)  # ~1.9 s at one poll per 50 ms, not ~100 per second
+            # The next message is taken within one idle interval of being published ...
+            publish_raw(topology, b"wake", "w", request_id="wake")
+            published = time.monotonic()
+            (message,) = puller.pull(timeout=5.0)
+            assert message.attributes["request_id"] == "wake"
+            assert time.monotonic() - published < pubsub._IDLE_POLL_S + 0.25
+            puller.ack([message.ack_id])
+            # ... and the puller polls at the fast pace again.
+            polls.clear()
+            assert puller.pull(timeout=0.5) == []
+            assert len(polls) >= 20, len(polls)
+    finally:
+        puller.close()
+
+
 @pytest.mark.timeout(120)
 def test_a_20_digit_seq_costs_only_its_own_request(shared, model_dir, test_images):
     """A defect once shipped, as a user met it: one REST publish of two requests on two streams.
