@@ -117,7 +117,11 @@ _SMOKE_MODELS: dict[str, Path] = {}
 
 
 def smoke_model(tmp_path_factory) -> Path:
-    """Train the smoke config once per session (about 10-20 s) and return its model directory."""
+    """Train the smoke config once per test run (12-33 s) and return its model directory.
+
+    pytest-xdist workers of one run share it: the first to ask trains it under a file lock, the others
+    wait and read it (test_train and test_predict landed on different workers and trained it twice).
+    """
     if "fashion_mnist" not in _SMOKE_MODELS:
         if not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file() and not os.environ.get(
             "FASHION_MNIST_DIR"
@@ -125,9 +129,16 @@ def smoke_model(tmp_path_factory) -> Path:
             import pytest
 
             pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
-        workdir = tmp_path_factory.mktemp("smoke-model")
-        proc = train_smoke(workdir)
-        assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout}\n{proc.stderr}"
+        from filelock import FileLock
+
+        root = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            root = root.parent  # every worker's basetemp lies in the run's one folder
+        workdir = root / "smoke-model"
+        with FileLock(f"{workdir}.lock"):
+            if not (workdir / "metadata.json").is_file():  # written last: a model that is there is whole
+                proc = train_smoke(workdir)
+                assert proc.returncode == 0, f"smoke training failed:\n{proc.stdout}\n{proc.stderr}"
         _SMOKE_MODELS["fashion_mnist"] = workdir
     return _SMOKE_MODELS["fashion_mnist"]
 
