@@ -40,8 +40,8 @@ ACK_CHUNK = 1000
 _CALL_RETRY = Retry(initial=0.1, maximum=2.0, multiplier=2.0, timeout=20.0)
 _CALL_TIMEOUT = 10.0
 # Emulator polls (Puller): 1 ms after an empty pull, doubling to 10 ms (p50 14 ms to the server at
-# 200 img/s); after 5 s without a message, one poll per 50 ms (see Puller). 5 s is longer than the
-# gaps inside a run (the bench's points follow each other within ~1 s), so only an idle puller slows.
+# 200 img/s); after 5 s without a message, one poll per 50 ms (see Puller). A paced run's gaps are far
+# shorter (a message per 100 ms even at 10 img/s), so only an idle puller slows.
 _POLL_FIRST_S, _POLL_MAX_S = 0.001, 0.01
 _IDLE_AFTER_S, _IDLE_POLL_S = 5.0, 0.05
 
