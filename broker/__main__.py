@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, lambda *_: stop.set())
         with Emulator(port=args.port) as emulator:
             print(f"export PUBSUB_EMULATOR_HOST={emulator.host}", flush=True)
+            print(f"# its log: {emulator.log_path} (removed when it stops)", flush=True)
             stop.wait()
         return 0
     except BrokerError as err:

@@ -62,12 +62,18 @@ class Emulator:
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.start_timeout = start_timeout
-        self.log_path = log_path or os.path.join(tempfile.gettempdir(), f"pubsub-emulator-{self.port}.log")
+        self.given_log_path, self.log_path = log_path, log_path
+        # Its data directory and (unless log_path is given) its log live in one temporary folder that stop()
+        # removes: left behind, this machine's /tmp held 390 of each after four sessions of tests and benches.
+        self.folder: str | None = None
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Emulator:
         launcher = find_launcher()
-        data_dir = tempfile.mkdtemp(prefix="pubsub-emulator-")
+        self.folder = tempfile.mkdtemp(prefix=f"pubsub-emulator-{self.port}-")
+        self.log_path = self.given_log_path or os.path.join(self.folder, "emulator.log")
+        data_dir = os.path.join(self.folder, "data")
+        os.makedirs(data_dir)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 tied_to_parent([str(launcher), "--host=127.0.0.1", f"--port={self.port}", f"--data-dir={data_dir}"]),
@@ -89,10 +95,13 @@ class Emulator:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the emulator's whole process group: SIGTERM, then SIGKILL."""
+        """End the emulator's whole process group (SIGTERM, then SIGKILL) and remove its temporary folder."""
         proc, self.process = self.process, None
         if proc is not None:
             stop_group(proc, timeout)
+        folder, self.folder = self.folder, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def __enter__(self) -> Emulator:
         return self.start()

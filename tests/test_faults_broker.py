@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -98,6 +99,8 @@ def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model
     assert server_budget < 60 and streamer_budget < 60, (server_budget, streamer_budget)
     budgets = ["--config", str(stream_config_file(tmp_path / "short_budgets.py", SHORT_BUDGETS))]
     emulator = Emulator().start()  # a private one: this test kills it
+    emulator_folder = Path(emulator.folder)  # its data and log: gone once it is stopped
+    assert (emulator_folder / "emulator.log").is_file()
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the streamer's managed server logs
     streamer_err = tmp_path / "streamer.err"
@@ -165,6 +168,7 @@ def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model
             server.kill()
         kill_all(pids_with(suffix))
         emulator.stop()
+    assert not emulator_folder.exists()
 
 
 # ------------------------------------------------- 6. the collector killed and restarted
@@ -254,7 +258,8 @@ def test_an_emulator_that_dies_at_start_gives_one_clear_error(tmp_path, monkeypa
     emulator = Emulator(start_timeout=20)
     with pytest.raises(BrokerError, match=r"exited at start \(code 3\): Address already in use"):
         emulator.start()
-    assert emulator.process is None
+    assert emulator.process is None and emulator.folder is None
+    assert not list(Path(tempfile.gettempdir()).glob(f"pubsub-emulator-{emulator.port}-*"))  # nothing left behind
 
 
 @pytest.mark.timeout(120)
