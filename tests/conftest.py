@@ -46,6 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 # --xla_cpu_max_isa compiles its own programs. pytest-xdist workers inherit the controller's
 # environment, so they share the controller's cache, and only the controller removes it.
 _OWN_CACHE: str | None = None
+# The test servers' logs, one folder per run shared by the workers in the same way: removed after a
+# passing run, kept (and named) after a failing one. In /tmp itself they piled up, 674 after four sessions.
+_OWN_LOGS: str | None = None
 
 
 def _is_xdist_worker(config) -> bool:
@@ -54,9 +57,11 @@ def _is_xdist_worker(config) -> bool:
 
 def pytest_configure(config):
     """Before collection imports anything that imports JAX."""
-    global _OWN_CACHE
-    if not _is_xdist_worker(config) and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
+    global _OWN_CACHE, _OWN_LOGS
+    if not _is_xdist_worker(config):
+        if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+            _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
+        _OWN_LOGS = os.environ["ICC_TEST_LOGS"] = tempfile.mkdtemp(prefix="icc-test-logs-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -64,6 +69,11 @@ def pytest_configure(config):
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+    if _OWN_LOGS is not None:
+        if exitstatus == 0:
+            shutil.rmtree(_OWN_LOGS, ignore_errors=True)
+        else:
+            print(f"\nthe test servers' logs are in {_OWN_LOGS}")
 
 
 SHIPPED_MODEL = REPO / "models" / "fashion-mnist"
@@ -130,7 +140,9 @@ class ServerProcess(process.ServerChild):
 
     def __init__(self, topology_suffix: str, model: Path, *extra: str, replicas: int = 1):
         args = ["--topic-suffix", topology_suffix, "--model", str(model), "--replicas", str(replicas)]
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"test-server-{uuid.uuid4().hex[:8]}.log"
+        log_path = (
+            Path(os.environ.get("ICC_TEST_LOGS") or tempfile.gettempdir()) / f"test-server-{uuid.uuid4().hex[:8]}.log"
+        )
         super().__init__("server", [*args, "--log-level", "INFO", *extra], log_path, replicas)
 
     @property
