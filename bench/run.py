@@ -85,7 +85,7 @@ class Server:
         return max(peak_rss_mb(pid) for pid in self.pids)
 
     def stop(self) -> None:
-        self.child.stop()
+        self.child.stop_and_drop_log()
 
 
 @contextlib.contextmanager

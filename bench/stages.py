@@ -88,7 +88,7 @@ class Server:
         return out
 
     def stop(self) -> None:
-        self.child.stop()
+        self.child.stop_and_drop_log()
 
 
 # ------------------------------------------------------------------- a run

@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,20 +35,28 @@ def managed_server(
     for name, value in flags.items():
         if value:
             args += [f"--{name.replace('_', '-')}", str(value)]
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{os.getpid()}.log"
+    # One file per server: with --compare a run starts two, which shared (and garbled) one name before.
+    fd, name = tempfile.mkstemp(prefix=f"server-{os.getpid()}-", suffix=".log")
+    os.close(fd)
+    log_path = Path(name)
     try:
         server = process.start_server("server", args, log_path, replicas, ready_timeout)
     except process.ProcessError as err:
         raise RunError(str(err)) from None
     for line in server.lines:
         log.info(line)
+    finished = False
     try:
         yield server
+        finished = True
     except BrokerError:
         server.stop(timeout=5.0)
         raise
     finally:
-        server.stop()
+        if finished:
+            server.stop_and_drop_log()
+        else:
+            server.stop()
 
 
 class Watch:

@@ -152,6 +152,7 @@ def test_broker_killed_mid_run_clients_fail_clearly_and_clean_up(tmp_path, model
         time.sleep(0.5)
         leftovers = pids_with(suffix)
         assert not leftovers, f"processes left behind: {leftovers}"
+        assert list(tmp_path.glob("server-*.log")), "a failed run keeps its managed server's log"
         figures(
             "broker_killed",
             seconds_to_exit=exits,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,9 +23,9 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.emulator
 
 
-def run_streamer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_streamer(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "streamer", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "streamer", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -52,8 +53,10 @@ def test_streamed_run_matches_offline_prediction_by_prediction(emulator, suffix,
         "--reports-dir",
         str(tmp_path),
         timeout=200,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # where the managed server logs
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(tmp_path.glob("server-*.log")), "a finished run removes its managed server's log"
     folder, report = load_report(tmp_path)
     counts = report["counts"]
     assert counts["sent"] == counts["answered"] == n and counts["missing"] == 0 and counts["errors"] == 0
