@@ -183,7 +183,7 @@ class ServerChild:
     def stop_and_drop_log(self, timeout: float = 30.0) -> int | None:
         """stop(); the log is removed when the server exited cleanly (code 0) and kept, for its errors, otherwise.
 
-        Every managed or bench server used to leave its log in /tmp (186 bench and hundreds of run logs here).
+        Every managed or bench server used to leave its log in /tmp: 59 run logs and 327 bench logs had piled up here.
         """
         code = self.stop(timeout)
         if code == 0:

@@ -28,6 +28,8 @@ def managed_server(
 ) -> Iterator[process.ServerChild]:
     """Start `python -m server` (N replicas) as a child, wait for every ready line, always stop it.
 
+    Its log (stderr, in $TMPDIR) is removed after a finished run and kept when anything failed.
+
     `flags` are passed on as `--name value` (None skipped). A graceful stop (SIGTERM: drain)
     normally; a short one when the broker is gone, since nothing could be acknowledged any more.
     """
