@@ -17,10 +17,13 @@ adaptive  sized from what it measures against a latency objective (`latency_slo_
             longer than max_wait_ms (Triton's preferred batch sizes with a queue delay; here the
             padded rows are computed anyway);
           - behind (the requests waiting would take longer than the whole objective to clear at
-            the limit's cost per image), the objective is lost to queueing and throughput clears
-            the queue fastest: the limit goes to the bucket with the lowest measured cost per
-            image, whatever its batch time. It is measured, not assumed to fall with batch size:
-            on the AVX-512 machine 40 and 64 ran slower per image than 28 (docs/benchmarks.md).
+            the limit's cost per image, or the batch's oldest request had already waited longer
+            than the objective since it was published: a backlog in the broker, which the
+            server's own queue never shows since a pull brings at most 100), the objective is
+            lost to queueing and throughput clears the queue fastest: the limit goes to the
+            bucket with the lowest measured cost per image, whatever its batch time. It is
+            measured, not assumed to fall with batch size: on the AVX-512 machine 40 and 64 ran
+            slower per image than 28 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -75,7 +78,9 @@ class FixedBatching:
     def seed(self, costs: Mapping[int, float]) -> None:
         pass
 
-    def done(self, taken: int, bucket: int, service_s: float, queued: int, now: float) -> str | None:
+    def done(
+        self, taken: int, bucket: int, service_s: float, queued: int, now: float, age_s: float = 0.0
+    ) -> str | None:
         return None
 
 
@@ -140,9 +145,10 @@ class AdaptiveBatching:
     def fits(self, bucket: int) -> bool:
         return self.estimate(bucket) <= BATCH_BUDGET * self.slo_s
 
-    def behind(self, queued: int) -> bool:
-        """The requests waiting would take longer than the objective to clear at the limit's cost per image."""
-        return queued * self.per_image(self.limit) > self.slo_s
+    def behind(self, queued: int, age_s: float = 0.0) -> bool:
+        """The requests waiting would take longer than the objective to clear at the limit's cost per image,
+        or the oldest of them has waited longer than the objective since it was published (`age_s`)."""
+        return queued * self.per_image(self.limit) > self.slo_s or age_s > self.slo_s
 
     def bucket_for(self, n: int) -> int:
         """The bucket a batch of n runs in (the smallest that holds it)."""
@@ -163,12 +169,15 @@ class AdaptiveBatching:
             return now_plan  # the objective is at risk, or the padding would not fill in time
         return Plan(self.limit, bucket, slack)
 
-    def done(self, taken: int, bucket: int, service_s: float, queued: int, now: float) -> str | None:
-        """A batch of `taken` requests (of `queued` waiting) ran in `bucket` in `service_s`; "up"/"down" if the limit moved."""
+    def done(
+        self, taken: int, bucket: int, service_s: float, queued: int, now: float, age_s: float = 0.0
+    ) -> str | None:
+        """A batch of `taken` requests (of `queued` waiting) ran in `bucket` in `service_s`; its oldest request
+        had waited `age_s` since it was published when the batch was taken. "up"/"down" if the limit moved."""
         old = self.cost.get(bucket)
         self.cost[bucket] = service_s if old is None else old + COST_WEIGHT * (service_s - old)
         i = self.buckets.index(self.limit)
-        if self.behind(queued):  # throughput first: the cheapest bucket per image (the smaller on a tie)
+        if self.behind(queued, age_s):  # throughput first: the cheapest bucket per image (the smaller on a tie)
             new = min(self.buckets, key=lambda b: (self.per_image(b), b))
         elif service_s > BATCH_BUDGET * self.slo_s:  # multiplicative decrease
             new = self.buckets[max(0, bisect.bisect_right(self.buckets, DECREASE * self.limit) - 1)]

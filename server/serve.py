@@ -127,6 +127,7 @@ class Formed:
 
     wait_s: float = 0.0  # held with the compute thread free, waiting for more requests
     queued: int = 0  # requests waiting when it was taken, itself included
+    age_s: float = 0.0  # how long its oldest request had waited since it was published, when it was taken
 
 
 class InferenceServer:
@@ -221,7 +222,9 @@ class InferenceServer:
                 return None  # not started: nacked at shutdown so another replica takes it
             queued = len(self.queue)
             batch = [self.queue.popleft() for _ in range(min(queued, plan.limit))]
-        self.formed = Formed(max(0.0, time.monotonic() - max(free, batch[0].pulled)), queued)
+        published = min((p.msg.publish_ns for p in batch if p.msg.publish_ns), default=0)
+        age_s = max(0.0, time.time_ns() - published) / 1e9 if published else 0.0  # the broker's clock and ours
+        self.formed = Formed(max(0.0, time.monotonic() - max(free, batch[0].pulled)), queued, age_s)
         metrics.QUEUE_DEPTH.observe(queued)
         metrics.BATCH_WAIT.observe(self.formed.wait_s)
         return batch
@@ -249,7 +252,7 @@ class InferenceServer:
         bucket = self.bucket_for(len(good))
         metrics.BATCHES.labels(str(bucket)).inc()
         with self.cond:  # the policy's state is shared with the pullers' arrivals
-            moved = self.policy.done(len(batch), bucket, done - started, self.formed.queued, done)
+            moved = self.policy.done(len(batch), bucket, done - started, self.formed.queued, done, self.formed.age_s)
         if self.settings.batching == "adaptive":
             metrics.BATCH_COST.labels(str(bucket)).set(self.policy.estimate(bucket))
         if moved:

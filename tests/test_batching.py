@@ -129,6 +129,22 @@ def test_behind_the_limit_goes_to_the_cheapest_bucket_per_image_whatever_its_bat
     assert policy.limit == 28
 
 
+def test_a_backlog_in_the_broker_is_behind_though_the_servers_own_queue_is_short():
+    """At --rate 0 a pull brings at most 100: the server's queue stays short while the broker holds the rest.
+    The batch's oldest request, older than the objective since it was published, says so."""
+    costs = {**COSTS, 256: 0.026, 100: 0.012}
+    policy = AdaptiveBatching(BUCKETS, SLO_S, MAX_WAIT_S, costs)
+    assert policy.limit == 128
+    assert not policy.behind(100) and not policy.behind(100, age_s=SLO_S)  # 10.6 ms of work, not yet too old
+    assert policy.behind(100, age_s=SLO_S + 0.001)
+    # Young requests, a slow batch: the budget's multiplicative decrease, as without the age.
+    assert policy.done(100, 128, 0.030, queued=100, now=1.0, age_s=0.010) == "down"
+    assert policy.limit == 64
+    # Old requests: throughput first, the cheapest bucket per image (256), whatever its batch time.
+    assert policy.done(100, 128, 0.030, queued=100, now=2.0, age_s=2.5) == "up"
+    assert policy.limit == 256
+
+
 def test_behind_on_a_machine_where_large_batches_cost_more_per_image_the_limit_comes_down():
     loaded = {**COSTS, 128: 0.090, 256: 0.200}  # contended: 1,400 and 1,300 img/s against 100's 10,000
     policy = AdaptiveBatching(BUCKETS, SLO_S, MAX_WAIT_S, loaded)
@@ -274,11 +290,12 @@ def test_a_config_files_bad_policy_is_refused_by_the_settings():
 
 # ----------------------------------------------------------------- emulator
 @pytest.mark.emulator
-def test_an_adaptive_server_answers_a_burst_as_the_offline_evaluation(topology, start_server, model_dir, test_images):
+def test_an_adaptive_server_answers_a_burst_as_the_offline_evaluation(shared, model_dir, test_images):
+    """The shared server runs the default policy, adaptive (its log says so)."""
     from train.evaluate import evaluate_model
 
     n = 600
-    server = start_server("--batching", "adaptive")
+    topology, server = shared.topology, shared.server
     ids = publish_images(topology, test_images.images[:n], run_id="adaptive", streams=4)
     results, _ = collect_results(topology, n, timeout=60)
     by_id = {r["request_id"]: r for r in results}

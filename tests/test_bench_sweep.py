@@ -71,13 +71,30 @@ def test_stream_and_overhead_verdicts():
 
 
 def test_capacity_and_client_cpu_verdicts():
-    def policy(img_s, client, server):
-        def s(x):
-            return {"min": x, "median": x, "max": x, "runs": [x]}
+    def policy(runs, client, server):
+        def s(xs):
+            return {"min": min(xs), "median": sorted(xs)[len(xs) // 2], "max": max(xs), "runs": xs}
 
-        return {"img_per_s": s(img_s), "client_cpu_us_per_img": s(client), "server_cpu_us_per_img": s(server)}
+        return {"img_per_s": s(runs), "client_cpu_us_per_img": s([client]), "server_cpu_us_per_img": s([server])}
 
-    rows = _verdicts({"capacity": {"fixed": policy(1000, 100, 300), "adaptive": policy(1000, 100, 300)}})
+    fixed = policy([990, 1000, 1010], 100, 300)
+    rows = _verdicts({"capacity": {"fixed": fixed, "adaptive": policy([990, 1000, 1010], 100, 300)}})
     assert list(rows.values()) == [True, True]
-    rows = _verdicts({"capacity": {"fixed": policy(1001, 100, 300), "adaptive": policy(1000, 101, 300)}})
+    # Every adaptive run below every fixed one: p = 1/20 = 0.05, lower. And 101 > 300 / 3.
+    rows = _verdicts({"capacity": {"fixed": fixed, "adaptive": policy([987, 988, 989], 101, 300)}})
     assert list(rows.values()) == [False, False]
+    # A lower median (995 against 1,000) the runs cannot tell from noise (p = 0.5) is not called lower.
+    rows = _verdicts({"capacity": {"fixed": fixed, "adaptive": policy([980, 995, 1020], 100, 300)}})
+    assert list(rows.values()) == [True, True]
+    # One run each can never show a difference (p = 0.5): the median decides nothing alone.
+    one = _verdicts({"capacity": {"fixed": policy([1001], 100, 300), "adaptive": policy([1000], 100, 300)}})
+    assert list(one.values()) == [True, True]
+
+
+def test_lower_p_is_the_exact_one_sided_rank_test():
+    from bench.sweep import lower_p
+
+    assert lower_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.05)  # 1 of the C(6,3) = 20 orderings
+    assert lower_p([4, 5, 6], [1, 2, 3]) == pytest.approx(1.0)
+    assert lower_p([3, 5, 6], [1, 2, 4]) == pytest.approx(0.95)
+    assert lower_p([], [1, 2]) == 1.0
