@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.api_core.exceptions import NotFound
 from google.cloud import pubsub_v1
 
 from broker import process, wire
@@ -64,6 +65,12 @@ def pytest_configure(config):
         _OWN_LOGS = os.environ["ICC_TEST_LOGS"] = tempfile.mkdtemp(prefix="icc-test-logs-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # The test emulators' JVM compiles with C1 only (the emulator's launcher reads this variable): a test
+    # emulator lives ~4 minutes of short bursts, and C2's compiling was most of its CPU. Sampled from /proc
+    # over whole parallel runs: the two workers' emulators used 33 + 21 CPU-s with C2, 15 + 15 and 19 + 13
+    # with C1 only. Runs and benches keep the JVM's default: C1 alone settles at 0.45-0.5 cores against
+    # C2's 0.3-0.4 at 200 img/s (docs/benchmarks.md).
+    os.environ.setdefault("CLOUD_PUBSUB_EMULATOR_OPTS", "-XX:TieredStopAtLevel=1")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -139,6 +146,7 @@ class ServerProcess(process.ServerChild):
     """`python -m server` as a subprocess on a test topology; always stopped by the fixture."""
 
     def __init__(self, topology_suffix: str, model: Path, *extra: str, replicas: int = 1):
+        self.suffix = topology_suffix
         args = ["--topic-suffix", topology_suffix, "--model", str(model), "--replicas", str(replicas)]
         log_path = (
             Path(os.environ.get("ICC_TEST_LOGS") or tempfile.gettempdir()) / f"test-server-{uuid.uuid4().hex[:8]}.log"
@@ -244,6 +252,29 @@ def shared(shared_server) -> SharedServer:
         subscriber.delete_subscription(request={"subscription": topo.results_subscription_path})
     finally:
         subscriber.close()
+
+
+@pytest.fixture
+def shared_suffix(shared_server) -> Iterator[str]:
+    """The shared server's topic suffix, for a streamer run against it (`--server external --topic-suffix S`).
+
+    The shared topology's own results subscription is deleted before and after the test: the streamer makes it
+    anew (ensure_topology), so the run sees only results published after it started, not every earlier test's.
+    """
+    assert shared_server.server.proc.poll() is None, "the shared server died in an earlier test"
+    path = shared_server.topology.results_subscription_path
+
+    def drop() -> None:
+        subscriber = pubsub_v1.SubscriberClient()
+        try:
+            with contextlib.suppress(NotFound):
+                subscriber.delete_subscription(request={"subscription": path})
+        finally:
+            subscriber.close()
+
+    drop()
+    yield shared_server.server.suffix
+    drop()
 
 
 # ----------------------------------------------------------------- helpers

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers_train import SHAPE_CLASSES, make_shape_folder, train_smoke
+from helpers_train import SHAPE_CLASSES, make_shape_folder, shapes_models
 from test_figures import mcnemar_by_hand
 
 from results import metrics
@@ -18,22 +18,8 @@ from tests.conftest import REPO
 # ------------------------------------------------------------------ your own data through the broker
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """An image-folder dataset and two small models trained on it (different seeds).
-
-    Only the seed differs, so the second training runs the first one's compiled programs from the run's
-    XLA cache (a learning rate is compiled in): 25.7 s for both against 28.8 s with two rates, this file alone.
-    """
-    root = tmp_path_factory.mktemp("evaluator")
-    images = make_shape_folder(root / "shapes", per_class=30, size=16)
-    models = []
-    for name, seed in (("a", "0"), ("b", "1")):
-        proc = train_smoke(
-            root / name, "--config.dataset=folder", f"--config.image_dir={images}", "--config.image_shape=(16,16,1)",
-            "--config.batch_size=16", "--config.num_epochs=3", f"--config.seed={seed}",
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        models.append(root / name)
-    return images, models[0], models[1]
+    """An image-folder dataset and two small models trained on it (seeds 0 and 1), shared with test_train."""
+    return shapes_models(tmp_path_factory)
 
 
 def run_streamer(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -135,14 +135,15 @@ def test_replica_killed_during_a_paced_run_costs_at_most_15_s(
     """At the defaults: 2 replicas, `python -m streamer --rate 300`, one replica SIGKILLed once a third
     of the images have been answered. Every request is answered, none later than 15 s after it was sent.
     3,000 images prove it as 6,000 did (the kill strands what the victim held either way); the 6,000-image
-    run is `-m slow` (docs/reliability.md)."""
+    run is `-m slow` (docs/reliability.md). Without the offline comparison (2 s of the serial part): what is
+    asserted here is loss and delay; streamed = offline is test_streamer's."""
     server = start_server(replicas=2)
     victim = int(re.search(r"\bpid (\d+)", server.ready_lines[0]).group(1))
     err_path = tmp_path / "streamer.err"
     with open(err_path, "w") as err:
         streamer = subprocess.Popen(
             [sys.executable, "-m", "streamer", "--server", "external", "--topic-suffix", suffix, "--rate", "300",
-             "--limit", str(images), "--model", str(model_dir), "--reports-dir", str(tmp_path)],
+             "--limit", str(images), "--model", str(model_dir), "--reports-dir", str(tmp_path), "--no-verify"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
     try:

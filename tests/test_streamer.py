@@ -112,9 +112,8 @@ def test_publish_interval_puts_what_fell_due_into_one_call_and_keeps_the_rate(em
     assert all(seqs == sorted(seqs) for seqs in by_stream.values())
 
 
-def test_single_image_mode(topology, start_server, suffix):
-    start_server()
-    proc = run_streamer("--index", "0", "--server", "external", "--topic-suffix", suffix, timeout=60)
+def test_single_image_mode(shared_suffix):
+    proc = run_streamer("--index", "0", "--server", "external", "--topic-suffix", shared_suffix, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "label" in proc.stdout and "confidence" in proc.stdout and "(true: Ankle boot)" in proc.stdout
 

@@ -7,7 +7,15 @@ import json
 import re
 
 import pytest
-from helpers_train import METADATA_KEYS, SHAPE_CLASSES, make_shape_folder, run_cli, smoke_model, train_smoke
+from helpers_train import (
+    METADATA_KEYS,
+    SHAPE_CLASSES,
+    make_shape_folder,
+    run_cli,
+    shapes_models,
+    smoke_model,
+    train_smoke,
+)
 
 from train.checkpoint import checkpoint_digest
 from train.data import FASHION_MNIST_CLASSES
@@ -70,26 +78,16 @@ def test_evaluate_with_classes_missing_from_the_slice(smoke, capsys):
     assert re.search(r"accuracy \d+\.\d+% \(\d/5\)", out), out
 
 
-@pytest.mark.timeout(180)
-def test_train_on_image_folder_then_predict(tmp_path):
-    images = make_shape_folder(tmp_path / "shapes", per_class=20, size=16)
-    workdir = tmp_path / "model"
-    proc = train_smoke(
-        workdir,
-        "--config.dataset=folder",
-        f"--config.image_dir={images}",
-        "--config.image_shape=(16,16,1)",
-        "--config.train_limit=0",
-        "--config.test_limit=0",
-        "--config.batch_size=8",
-    )
-    assert proc.returncode == 0, proc.stderr
+@pytest.mark.timeout(240)
+def test_train_on_image_folder_then_predict(tmp_path_factory):
+    """`python -m train` on a folder of pictures (the run's shared shapes models: test_evaluator serves them)."""
+    images, workdir, _ = shapes_models(tmp_path_factory)
     meta = json.loads((workdir / "metadata.json").read_text())
     assert meta["dataset"] == "shapes"
     assert meta["class_names"] == list(SHAPE_CLASSES)
     assert meta["input_shape"] == [16, 16, 1]
-    # 60 images: test_fraction 0.2 holds out 12; validation_size 0.1 of the other 48 holds out 5 more.
-    assert meta["train_images"] == 43 and meta["test_images"] == 12 and meta["validation"]["images"] == 5
+    # 90 images: test_fraction 0.2 holds out 18; validation_size 0.1 of the other 72 holds out 7 more.
+    assert meta["train_images"] == 65 and meta["test_images"] == 18 and meta["validation"]["images"] == 7
     assert meta["checkpoint_sha256"] == checkpoint_digest(workdir / "checkpoint")
 
     picture = images / "circle" / "003.png"
