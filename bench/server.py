@@ -14,7 +14,8 @@ import numpy as np
 from broker.pubsub import Topology
 from server.__main__ import make_parser
 from server.run import load_model, main
-from server.serve import InferenceServer, ServerSettings
+from server.serve import InferenceServer
+from server.settings import ServerSettings
 from train.checkpoint import DEFAULT_MODEL_DIR, load_metadata
 
 

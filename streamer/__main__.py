@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from configs import config_flag_metavars
-from configs.flags import FlagParser
+from configs.flags import FlagParser, stream_config_problem
 
 
 def make_parser() -> FlagParser:
@@ -190,10 +190,10 @@ def parse_report_args(argv: list[str]) -> argparse.Namespace:
 
 def check_flags(args: argparse.Namespace) -> str | None:
     """The robustness and slice flags, parsed and checked before anything starts (JAX, the broker, a server):
-    None when they are fine (their values are then on args), else the one line that says what is wrong."""
-    from results.slices import SliceError, read_slices
-    from train.corruptions import parse_corruptions, parse_severities
+    None when they are fine (their values are then on args), else the one line that says what is wrong.
 
+    Their parsers are imported only when their flags are given: with SciPy they cost ~1 s of a start.
+    """
     args.robustness = args.slice_table = None
     given = [
         f"--{name.replace('_', '-')}" for name in ("severities", "per_cell", "seed") if getattr(args, name) is not None
@@ -205,6 +205,7 @@ def check_flags(args: argparse.Namespace) -> str | None:
         return "--corruptions and --slices are for a run over a test set, not with --index or --image"
     if args.corruptions is not None:
         from configs import load_config
+        from train.corruptions import parse_corruptions, parse_severities
 
         config = load_config(None, "robustness.py")
 
@@ -221,6 +222,8 @@ def check_flags(args: argparse.Namespace) -> str | None:
         seed = args.seed if args.seed is not None else config.seed
         args.robustness = {"corruptions": corruptions, "severities": severities, "per_cell": per_cell, "seed": seed}
     if args.slices:
+        from results.slices import SliceError, read_slices
+
         try:
             args.slice_table = read_slices(args.slices)
         except SliceError as err:
@@ -256,9 +259,20 @@ def main(argv=None) -> int:
         return 2
     if args.plan_delta is not None:
         return plan(args)
+    from streamer.options import resolve
+
+    try:
+        config, options = resolve(args)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # A config file's value outside its domain: one line, before JAX and the broker client load (~2 s).
+    if problem := stream_config_problem(config, args.config):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from streamer.run import main as run_main
 
-    return run_main(args)
+    return run_main(config, options)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from broker.errors import BrokerError
 from configs import load_config
-from configs.flags import stream_config_problem
 from results import metrics
 from results.compare import offline_check
 from results.machine import machine
@@ -34,7 +33,7 @@ from results.run import RunInfo, RunResult, dataset_identity
 from results.slices import SliceError, SliceTable, join_slices
 from streamer.collector import Collector, progress_text
 from streamer.datasets import RobustnessSet, load_dataset, robustness_set
-from streamer.options import RunOptions, resolve
+from streamer.options import RunOptions
 from streamer.robustness_report import robustness_part, slices_part
 from streamer.session import RunSession
 from streamer.supervise import RunError
@@ -475,14 +474,10 @@ def verdict(a: RunResult, b: RunResult | None) -> int:
     return code
 
 
-def main(args) -> int:
-    """The parsed and checked flags (streamer/__main__.py), resolved once, then the run; returns the exit code."""
+def main(config: ml_collections.ConfigDict, options: RunOptions) -> int:
+    """The run of the checked config and options (streamer/__main__.py resolved the flags once); the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
-        config, options = resolve(args)
-        if problem := stream_config_problem(config, args.config):
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
         if options.single:
             from streamer.single import run_single
 

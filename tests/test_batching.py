@@ -280,7 +280,7 @@ def test_the_batching_flag_allows_exactly_the_two_policies(value):
 
 def test_a_config_files_bad_policy_is_refused_by_the_settings():
     from configs import load_config
-    from server.serve import ServerSettings
+    from server.settings import ServerSettings
 
     config = load_config(None, "stream.py")
     config.server.batching = "greedy"
