@@ -247,9 +247,15 @@ def shared(shared_server) -> SharedServer:
     finally:
         subscriber.close()
     yield dataclasses.replace(shared_server, topology=topo)
+    delete_subscription(topo.results_subscription_path)
+
+
+def delete_subscription(path: str) -> None:
+    """Delete one subscription; one already gone is fine."""
     subscriber = pubsub_v1.SubscriberClient()
     try:
-        subscriber.delete_subscription(request={"subscription": topo.results_subscription_path})
+        with contextlib.suppress(NotFound):
+            subscriber.delete_subscription(request={"subscription": path})
     finally:
         subscriber.close()
 
@@ -262,19 +268,9 @@ def shared_suffix(shared_server) -> Iterator[str]:
     anew (ensure_topology), so the run sees only results published after it started, not every earlier test's.
     """
     assert shared_server.server.proc.poll() is None, "the shared server died in an earlier test"
-    path = shared_server.topology.results_subscription_path
-
-    def drop() -> None:
-        subscriber = pubsub_v1.SubscriberClient()
-        try:
-            with contextlib.suppress(NotFound):
-                subscriber.delete_subscription(request={"subscription": path})
-        finally:
-            subscriber.close()
-
-    drop()
+    delete_subscription(shared_server.topology.results_subscription_path)
     yield shared_server.server.suffix
-    drop()
+    delete_subscription(shared_server.topology.results_subscription_path)
 
 
 # ----------------------------------------------------------------- helpers

@@ -113,7 +113,7 @@ def train_smoke(workdir: Path, *overrides: str, env: dict | None = None) -> subp
     return run_cli("-m", "train", "--config", SMOKE_CONFIG, "--workdir", str(workdir), *overrides, env=env)
 
 
-_SMOKE_MODELS: dict[str, Path] = {}
+_TRAINED: dict[str, Path] = {}
 
 
 def run_folder(tmp_path_factory, name: str) -> Path:
@@ -130,7 +130,7 @@ def trained_once(tmp_path_factory, name: str, *overrides: str) -> Path:
     pytest-xdist workers of one run share it: the first to ask trains it under a file lock, the others
     wait and read it (test_train and test_predict landed on different workers and trained it twice).
     """
-    if name not in _SMOKE_MODELS:
+    if name not in _TRAINED:
         from filelock import FileLock
 
         workdir = run_folder(tmp_path_factory, name)
@@ -138,8 +138,8 @@ def trained_once(tmp_path_factory, name: str, *overrides: str) -> Path:
             if not (workdir / "metadata.json").is_file():  # written last: a model that is there is whole
                 proc = train_smoke(workdir, *overrides)
                 assert proc.returncode == 0, f"training {name} failed:\n{proc.stdout}\n{proc.stderr}"
-        _SMOKE_MODELS[name] = workdir
-    return _SMOKE_MODELS[name]
+        _TRAINED[name] = workdir
+    return _TRAINED[name]
 
 
 def smoke_model(tmp_path_factory) -> Path:
