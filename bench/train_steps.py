@@ -40,7 +40,8 @@ def measure(config, steps: int) -> dict:
 
     from train import data as data_lib
     from train.model import build_model, make_predict_fn
-    from train.train import AVERAGED, eval_step, load_datasets, make_optimizer, train_epoch
+    from train.splits import load_datasets
+    from train.train import AVERAGED, eval_step, make_optimizer, train_epoch
 
     train_ds, val_ds, _ = load_datasets(config)
     steps_per_epoch = len(train_ds) // config.batch_size

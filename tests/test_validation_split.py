@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from configs import load_config
-from train.train import validation_count
+from train.splits import validation_count
 
 SHIPPED = {"default": ROOT / "models" / "fashion-mnist", "quick": ROOT / "models" / "fashion-mnist-quick"}
 
@@ -54,7 +54,7 @@ def test_shipped_models_reproduce_their_validation_accuracy():
     from results import metrics
     from train.data import load_fashion_mnist
     from train.evaluate import evaluate_model
-    from train.train import split_validation
+    from train.splits import split_validation
 
     metas = {name: SHIPPED[name] / "metadata.json" for name in SHIPPED}
     if not all(path.is_file() for path in metas.values()):

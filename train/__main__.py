@@ -3,8 +3,9 @@
 Without --workdir the model goes to a new runs/<config>-<time>/ folder, never over the shipped
 model; to replace the shipped model on purpose, pass --workdir models/fashion-mnist.
 
-The config (file and overrides) is checked against configs/flags.py before the training modules,
-and with them JAX (~3 s), are imported: a value outside its domain is one line and exit 2.
+The config (file and overrides) is checked against configs/flags.py, and its data loaded and split
+(train/splits.py), before the training modules and with them JAX (~2 s) are imported: a value outside
+its domain, a missing dataset or too few images is one line and exit 2.
 """
 
 import sys
@@ -42,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         parser.error(problems[0])
     workdir = args.workdir or f"runs/{config.name}-{time.strftime('%Y%m%dT%H%M%S')}"
-    from train.checkpoint import ModelError  # imported after the checks: these import JAX
+    from train.checkpoint import ModelError
     from train.data import DatasetError
-    from train.train import train_and_evaluate
+    from train.splits import training_splits
 
     try:
-        meta = train_and_evaluate(config, workdir)
+        splits = training_splits(config)  # the data, checked before JAX loads
+        from train.train import train_and_evaluate
+
+        meta = train_and_evaluate(config, workdir, splits)
     except (DatasetError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,68 +20,10 @@ from results import metrics as results_metrics
 from results.machine import machine
 from train import calibration
 from train import data as data_lib
-from train.checkpoint import ModelError, save_model
+from train.checkpoint import save_model
 from train.evaluate import offline_result
 from train.model import CNN, build_model, count_params, make_predict_fn, predict_in_batches
-
-
-# ----------------------------------------------------------------- data
-def load_datasets(
-    config: ml_collections.ConfigDict,
-) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset]:
-    """The (train, validation, test) splits the config names, shrunk by train_limit/test_limit."""
-    names = tuple(config.class_names) or None
-    if config.dataset == "fashion_mnist":
-        train_ds, test_ds = data_lib.load_fashion_mnist("train"), data_lib.load_fashion_mnist("test")
-    elif config.dataset == "idx":
-        train_ds = data_lib.load_idx_pair(config.images_path, config.labels_path, names)
-        test_ds = data_lib.load_idx_pair(config.test_images_path, config.test_labels_path, train_ds.class_names)
-    elif config.dataset == "folder":
-        shape = tuple(config.image_shape)
-        train_ds = data_lib.load_image_folder(config.image_dir, shape, names)
-        if config.test_image_dir:
-            test_ds = data_lib.load_image_folder(config.test_image_dir, shape, train_ds.class_names)
-        else:
-            train_ds, test_ds = data_lib.split_dataset(train_ds, config.test_fraction, config.seed)
-    else:
-        raise data_lib.DatasetError(f"unknown dataset {config.dataset!r}: use fashion_mnist, idx or folder")
-    train_ds, val_ds = split_validation(train_ds, config.validation_size, config.seed)
-    return (
-        data_lib.take(train_ds, config.train_limit or None),
-        val_ds,
-        data_lib.take(test_ds, config.test_limit or None),
-    )
-
-
-# A validation count is used as given only when the training split is at least ten times larger;
-# below that, 10% of it is held out instead. Ten times, because then the two rules meet: at N = 10 x
-# count both hold out `count`, so one more image never shrinks the validation set (the rule is
-# min(count, 10% of N)). 10% is the usual hold-out. Fashion-MNIST's 60,000 with the recipes' 5,000
-# (8.3%) are above the threshold (50,000) and keep exactly the split they always had; a 720-image
-# folder holds out 72 instead of refusing, as the README's own-dataset command needs.
-VALIDATION_FALLBACK_FRACTION = 0.1
-
-
-def validation_count(n: int, size: float) -> int:
-    """How many of `n` training images to hold out: a fraction (< 1) of them, or a count (>= 1) capped at 10%."""
-    if size < 1:
-        return max(1, int(round(n * size)))
-    return min(int(size), max(1, int(round(n * VALIDATION_FALLBACK_FRACTION))))
-
-
-def split_validation(ds: data_lib.Dataset, size: float, seed: int) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-    """Hold out a fixed, seeded validation set of validation_count(len(ds), size) images.
-
-    It chooses the checkpoint and fits the temperature, so the test set is used once, at the end.
-    """
-    n_val = validation_count(len(ds), size)
-    if not 0 < n_val <= len(ds) // 2:
-        raise data_lib.DatasetError(
-            f"validation_size={size} gives {n_val} of {len(ds)} training images; "
-            "use a fraction such as --config.validation_size=0.1"
-        )
-    order = np.random.default_rng([seed, 1]).permutation(len(ds))
-    return ds.subset(np.sort(order[n_val:])), ds.subset(np.sort(order[:n_val]))
+from train.splits import Splits, training_splits
 
 
 # --------------------------------------------------------- augmentation
@@ -183,17 +125,17 @@ def train_epoch(
     return {"train_loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accs))}, ema, key
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train per `config`, choose the epoch on validation, fit the temperature, test once, save."""
-    if config.test_time_flip and not config.augment.hflip:  # a config error: say so before loading data
-        raise ModelError("test_time_flip averages each image with its mirror image: train with augment.hflip=True")
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, splits: Splits | None = None) -> dict:
+    """Train per `config`, choose the epoch on validation, fit the temperature, test once, save.
+
+    `splits`: the config's (train, validation, test), when the caller loaded them already (`python -m train`
+    does, before JAX loads, so that a data problem is one line at once).
+    """
     started = time.time()
-    train_ds, val_ds, test_ds = load_datasets(config)
+    train_ds, val_ds, test_ds = splits or training_splits(config)
     input_shape = train_ds.images.shape[1:]
     model = build_model(config.model.to_dict(), input_shape, len(train_ds.class_names), config.seed)
     steps_per_epoch = len(train_ds) // config.batch_size
-    if steps_per_epoch == 0:
-        raise data_lib.DatasetError(f"{len(train_ds)} training images is fewer than one batch of {config.batch_size}")
     optimizer = make_optimizer(model, config, steps_per_epoch)
     averaged = nnx.clone(model)  # holds the EMA weights; eval mode from here on
     # Validation sees what serving will see, flips included, so the epoch and temperature fit it.
