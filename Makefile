@@ -33,9 +33,10 @@ run: setup
 	$(PY) -m streamer --rate 200
 
 # Two workers (pytest-xdist), one per core; a file's tests stay on one worker, so its fixtures are built
-# once, and the files go out in collection order, the longest first (tests/conftest.py). The tests marked serial assert a 15 s bound after a replica is killed, most of which redelivery
-# (the 10 s ack deadline) uses up: they run alone afterwards (16.6 s when they shared the cores), collected
-# from their own files only (importing every test file costs 6.5 s there).
+# once, and the files go out in collection order, the longest first (tests/conftest.py). The tests marked
+# serial assert a 15 s bound after a replica is killed, most of which redelivery (the 10 s ack deadline)
+# uses up: they run alone afterwards (16.6 s when they shared the cores), collected from their own files
+# only (importing every test file costs 6.5 s there).
 test: setup emulator-check
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow and not serial"
 	$(PY) -m pytest -m "serial and not slow" $$(grep -l "pytest.mark.serial" tests/test_*.py)
