@@ -132,6 +132,14 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
     return proc.returncode
 
 
+def dump_stacks(proc: subprocess.Popen) -> None:
+    """SIGUSR1 to the child's group: a server writes every thread's stack to its log (faulthandler), so a start
+    that never got ready says where it waited. A process that does not handle SIGUSR1 ends: it is being stopped."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+
+
 class ServerChild:
     """`python -m <module> <args>` (a server: its replicas each print a ready line) in its own process group.
 
@@ -159,6 +167,8 @@ class ServerChild:
         try:
             return self.ready.wait(self.replicas, timeout)
         except ProcessError:
+            if self.proc.poll() is None:
+                dump_stacks(self.proc)
             stop_group(self.proc, timeout=5.0)
             raise
 

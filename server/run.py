@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -64,6 +65,9 @@ def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
         force=True,
     )
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # `kill -USR1` writes every thread's stack to stderr (the log): what a start that never gets ready waits on
+    # (broker/process.py sends it before giving up on a server).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = from_args(args, "stream.py")
     problem = stream_config_problem(config, args.config)
     try:
@@ -166,12 +170,35 @@ def run_replicas(n: int, holder: dict, metrics_port: int = 0) -> int:
         [c.pid for c in children],
         f", metrics on ports {metrics_port}..{metrics_port + n - 1}" if metrics_port else "",
     )
-    codes = []
+    codes: dict[int, int] = {}
+    while len(codes) < len(children):
+        for child in children:
+            if child.pid in codes or child.poll() is None:
+                continue
+            codes[child.pid] = child.returncode
+            if child.returncode == START_FAILED and "start_failed" not in holder:
+                stop_siblings(children, child, holder)
+        time.sleep(0.1)
+    return START_FAILED if "start_failed" in holder else max(codes.values(), key=abs)
+
+
+# A replica's exit code when it could not start (its config, model, broker or metrics port): a replica
+# that served and stopped exits 0 or 1, one that was killed with the signal's negative number.
+START_FAILED = 2
+
+
+def stop_siblings(children: list[subprocess.Popen], failed: subprocess.Popen, holder: dict) -> None:
+    """One replica could not start: stop the others, so the caller sees the failure now and not after its timeout.
+
+    Only a start failure does this: a replica killed while serving leaves the others serving (that is
+    what replicas are for; docs/reliability.md).
+    """
+    log.error("replica %d could not start (exit %d): stopping the other replicas", failed.pid, failed.returncode)
+    holder["start_failed"] = failed.pid
     for child in children:
-        while child.poll() is None:
-            time.sleep(0.1)
-        codes.append(child.returncode)
-    return max(codes, key=abs)
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
 
 
 def strip_flag(argv: list[str], flag: str) -> list[str]:

@@ -172,3 +172,26 @@ def test_each_replica_serves_metrics_on_its_own_port(topology, start_server):
         assert scrape.value("icc_model_info") == 1
     assert server.proc.poll() is None and "Traceback" not in server.log_text()
     assert f"metrics on ports {port}..{port + 1}" in server.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_replica_that_cannot_start_stops_the_others_at_once(topology, start_server):
+    """Port P + 1 taken: replica 1 exits 2 ("cannot serve metrics"), and the parent stops replica 0 and exits 2
+    instead of serving one replica of two while its caller waits for a second ready line."""
+    import socket
+
+    port = free_port_run(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        server = start_server("--metrics-port", str(port), replicas=2, wait=False)
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match=r"exited during start-up \(code 2\)"):
+            server.wait_ready(timeout=90)
+        waited = time.monotonic() - started
+    log = server.log_text()
+    assert f"cannot serve metrics on port {port + 1}" in log
+    assert "could not start (exit 2): stopping the other replicas" in log
+    assert "Traceback" not in log
+    # Two replica starts (imports, model load) take 4-8 s here; the ready timeout is 90 s.
+    assert waited < 45, f"the parent took {waited:.1f}s to give up"

@@ -43,6 +43,26 @@ def test_single_round_trip(shared, test_images):
     assert bodies[0]["model"] and bodies[0]["replica"]
 
 
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_server_keeps_serving(shared, test_images):
+    """What the rig does before giving up on a server that is not ready (broker/process.py `dump_stacks`)."""
+    import os
+    import signal
+
+    mark = len(shared.server.log_text())
+    os.kill(shared.server.pids[0], signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "in next_batch" not in shared.log_since(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dump = shared.log_since(mark)
+    # faulthandler's format: one "Thread 0x..." block per thread, innermost frame first
+    assert dump.count("Thread 0x") >= 4, dump[-3000:]  # main (the batcher), puller, acker, leases, reporter, ...
+    assert "in next_batch" in dump and "in pull_loop" in dump, dump[-3000:]
+    publish_images(shared.topology, test_images.images[:1], run_id="usr1", stream_prefix="usr1")
+    results, _ = collect_results(shared.topology, 1, timeout=30)
+    assert [r["request_id"] for r in results] == ["usr1-0"]
+    assert shared.server.proc.poll() is None
+
+
 def test_png_request_is_decoded(shared, test_images):
     topology = shared.topology
     buf = io.BytesIO()
