@@ -7,6 +7,7 @@ real Pub/Sub emulator; every test below checks one part of the scrape against wh
 from __future__ import annotations
 
 import re
+import socket
 import time
 import urllib.request
 from collections import Counter
@@ -178,8 +179,6 @@ def test_each_replica_serves_metrics_on_its_own_port(topology, start_server):
 def test_a_replica_that_cannot_start_stops_the_others_at_once(topology, start_server):
     """Port P + 1 taken: replica 1 exits 2 ("cannot serve metrics"), and the parent stops replica 0 and exits 2
     instead of serving one replica of two while its caller waits for a second ready line."""
-    import socket
-
     port = free_port_run(2)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port + 1))

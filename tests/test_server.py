@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -45,9 +47,6 @@ def test_single_round_trip(shared, test_images):
 
 def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_server_keeps_serving(shared, test_images):
     """What the rig does before giving up on a server that is not ready (broker/process.py `dump_stacks`)."""
-    import os
-    import signal
-
     mark = len(shared.server.log_text())
     os.kill(shared.server.pids[0], signal.SIGUSR1)
     deadline = time.monotonic() + 10
