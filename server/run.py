@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("server")
 
+# The exit code of a server that could not start (its config, model, broker or metrics port): one that
+# served and stopped exits 0 or 1, one that was killed with the signal's negative number.
+START_FAILED = 2
+
 
 class Interrupted(Exception):
     """SIGTERM/SIGINT arrived before the server was serving."""
@@ -76,7 +80,7 @@ def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
         problem = problem or str(err)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return START_FAILED
     holder: dict = {}
 
     def on_signal(signum, _frame):
@@ -100,7 +104,7 @@ def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
             return run_one(config, topo, holder, make_server)
     except (BrokerError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return START_FAILED
     except Interrupted:
         return 130
 
@@ -113,7 +117,7 @@ def run_one(config, topo: Topology, holder: dict, make_server: Callable) -> int:
             metrics.serve_metrics(config.server.metrics_port)
         except OSError as err:
             print(f"error: cannot serve metrics on port {config.server.metrics_port}: {err}", file=sys.stderr)
-            return 2
+            return START_FAILED
 
     def ready(srv: InferenceServer) -> None:
         host = os.environ.get("PUBSUB_EMULATOR_HOST")
@@ -171,30 +175,26 @@ def run_replicas(n: int, holder: dict, metrics_port: int = 0) -> int:
         f", metrics on ports {metrics_port}..{metrics_port + n - 1}" if metrics_port else "",
     )
     codes: dict[int, int] = {}
+    start_failed = False
     while len(codes) < len(children):
         for child in children:
             if child.pid in codes or child.poll() is None:
                 continue
             codes[child.pid] = child.returncode
-            if child.returncode == START_FAILED and "start_failed" not in holder:
-                stop_siblings(children, child, holder)
+            if child.returncode == START_FAILED and not start_failed:
+                start_failed = True
+                stop_siblings(children, child)
         time.sleep(0.1)
-    return START_FAILED if "start_failed" in holder else max(codes.values(), key=abs)
+    return START_FAILED if start_failed else max(codes.values(), key=abs)
 
 
-# A replica's exit code when it could not start (its config, model, broker or metrics port): a replica
-# that served and stopped exits 0 or 1, one that was killed with the signal's negative number.
-START_FAILED = 2
-
-
-def stop_siblings(children: list[subprocess.Popen], failed: subprocess.Popen, holder: dict) -> None:
+def stop_siblings(children: list[subprocess.Popen], failed: subprocess.Popen) -> None:
     """One replica could not start: stop the others, so the caller sees the failure now and not after its timeout.
 
     Only a start failure does this: a replica killed while serving leaves the others serving (that is
     what replicas are for; docs/reliability.md).
     """
     log.error("replica %d could not start (exit %d): stopping the other replicas", failed.pid, failed.returncode)
-    holder["start_failed"] = failed.pid
     for child in children:
         if child.poll() is None:
             with contextlib.suppress(ProcessLookupError):
