@@ -91,6 +91,9 @@ def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
             for child in holder["children"]:
                 child.send_signal(signum)
         else:
+            # Remembered as well as raised: the model's loading (JAX's backend probing) catches Exception, and a
+            # SIGTERM swallowed there once left a replica serving that its parent had told to stop.
+            holder["interrupted"] = True
             raise Interrupted()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -112,6 +115,8 @@ def main(args: argparse.Namespace, make_server: Callable = load_server) -> int:
 def run_one(config, topo: Topology, holder: dict, make_server: Callable) -> int:
     server = make_server(config, topo)
     holder["server"] = server
+    if "interrupted" in holder:  # a SIGTERM/SIGINT during make_server that a library swallowed
+        raise Interrupted()
     if config.server.metrics_port:
         try:
             metrics.serve_metrics(config.server.metrics_port)
