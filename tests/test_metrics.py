@@ -163,16 +163,37 @@ def test_server_log_is_one_line_per_event_with_a_level(run):
     assert not levels["ERROR"] and not levels["CRITICAL"]
 
 
-@pytest.mark.timeout(120)
-def test_each_replica_serves_metrics_on_its_own_port(topology, start_server):
-    """`--replicas N --metrics-port P`: replica i on P + i (two processes cannot share one port)."""
+@pytest.mark.timeout(180)
+def test_two_replicas_share_a_burst_and_each_serves_metrics_on_its_own_port(topology, start_server, test_images):
+    """`--replicas 2 --metrics-port P`: both replicas serve a 2,000-image burst, and replica i counts what it
+    served on port P + i (two processes cannot share one port). One two-replica start for both properties."""
     port = free_port_run(2)
     server = start_server("--metrics-port", str(port), replicas=2)
-    for p in (port, port + 1):  # a server process opens one endpoint, so two answering ports = two replicas
-        scrape = Scrape(urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=5).read().decode())
-        assert scrape.value("icc_model_info") == 1
+    assert len(server.ready_lines) == 2
+    ids = publish_images(topology, test_images.images[:2000], run_id="rep", streams=16)
+    results, bodies = collect_results(topology, 2000, timeout=90)
+    answered = Counter(r["request_id"] for r in results)
+    assert set(answered) == set(ids)
+    replicas = Counter(body["replica"] for body in bodies)
+    assert len(replicas) == 2, f"both replicas should serve: {replicas}"
+    # A replica counts a result once its requests' ack succeeded, just after the result was published: scrape
+    # until the counts add up. A server process opens one endpoint, so two answering ports = two replicas.
+    deadline = time.monotonic() + 15
+    while True:
+        scrapes = {
+            p: Scrape(urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=5).read().decode())
+            for p in (port, port + 1)
+        }
+        by_port = {p: scrape.value("icc_results_total") for p, scrape in scrapes.items()}
+        if sum(by_port.values()) >= 2000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert all(scrape.value("icc_model_info") == 1 for scrape in scrapes.values())
+    # each replica's endpoint counts its own results: both served, and together they answered every request
+    assert all(by_port.values()) and sum(by_port.values()) >= 2000, by_port
     assert server.proc.poll() is None and "Traceback" not in server.log_text()
     assert f"metrics on ports {port}..{port + 1}" in server.log_text()
+    assert server.terminate() == 0
 
 
 @pytest.mark.timeout(120)

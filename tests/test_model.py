@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from flax import nnx
 
 from configs import smoke
 from train.checkpoint import ModelError, checkpoint_digest, load_model, save_model
-from train.model import build_model, count_params, make_predict_fn, max_pool_2x2
+from train.model import build_model, conv_kernel_init, count_params, make_predict_fn, max_pool_2x2
 from train.predictor import load_predictor
 from train.train import make_optimizer, train_step
 
@@ -37,6 +38,16 @@ def test_output_shape(shape, classes):
     assert logits.shape == (3, classes)
     assert np.isfinite(np.asarray(logits)).all()
     assert count_params(model) > 0
+
+
+def test_conv_kernels_are_flaxs_default_initialisation_bit_for_bit():
+    """conv_kernel_init draws a (fan_in, out) matrix and reshapes it, only because XLA compiles that faster: the
+    numbers are LeCun normal's for the kernel's own shape (models trained before it reproduce)."""
+    key = jax.random.key(5)
+    for shape in [(3, 3, 16, 32), (3, 3, 32, 64)]:  # the original's slow compiles (5-7 s) are smaller shapes'
+        ours = np.asarray(conv_kernel_init(key, shape))
+        np.testing.assert_array_equal(ours, np.asarray(nnx.initializers.lecun_normal()(key, shape)))
+        assert ours.shape == shape and ours.std() > 0
 
 
 def test_predict_fn_probabilities():

@@ -154,19 +154,6 @@ def test_sigterm_under_load_loses_nothing(topology, start_server, test_images):
     assert "shutting down gracefully" in server.log_text() and "stopped" in server.log_text()
 
 
-@pytest.mark.timeout(180)
-def test_two_replicas_share_a_burst(topology, start_server, test_images):
-    server = start_server(replicas=2)
-    assert len(server.ready_lines) == 2
-    ids = publish_images(topology, test_images.images[:2000], run_id="rep", streams=16)
-    results, bodies = collect_results(topology, 2000, timeout=90)
-    answered = Counter(r["request_id"] for r in results)
-    assert set(answered) == set(ids)
-    replicas = Counter(body["replica"] for body in bodies)
-    assert len(replicas) == 2, f"both replicas should serve: {replicas}"
-    assert server.terminate() == 0
-
-
 def test_real_pubsub_gets_a_dead_letter_policy_and_the_emulator_none(topology):
     from broker.pubsub import requests_subscription_options
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from broker import wire
-from broker.pubsub import BulkPublisher, Publisher, pull_until
+from broker.pubsub import BulkPublisher, Publisher, ensure_topology, pull_until
 from results import metrics
 from streamer.collector import Collector
 from streamer.stream import publish_dataset
@@ -202,15 +202,16 @@ INVALID = 15  # 4 bodies that are not result messages, 4 non-objects in one list
 
 
 @pytest.mark.timeout(240)
-def test_garbage_on_the_results_topic_is_counted_not_fatal(emulator, suffix, model_dir, start_server, tmp_path):
+def test_garbage_on_the_results_topic_is_counted_not_fatal(shared_suffix, model_dir, tmp_path):
     """Messages that are not ours or not valid are counted as stray or invalid; the run completes."""
     import threading
 
     from tests.conftest import fresh_topology
 
     run_id = "garbagerun"
+    suffix = shared_suffix  # the shared server: the test needs a server that answers, not one of its own
     topo = fresh_topology(suffix)
-    start_server()
+    ensure_topology(topo)  # the run's results subscription, made before the garbage that it must hold is published
     publisher = Publisher(topo.results_topic_path)
 
     def publish_garbage() -> None:

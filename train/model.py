@@ -6,6 +6,7 @@ every caller (training, evaluation, server, local predict) feeds identical bytes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -18,13 +19,27 @@ PIXEL_MEAN = 0.2860
 PIXEL_STD = 0.3530
 
 
+def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """Flax's default kernel initialiser (LeCun normal), drawn as a (fan_in, out) matrix and reshaped.
+
+    The same numbers, bit for bit: JAX's random bits follow the flattened index, and the fan-in is the same.
+    XLA compiles random numbers for small 4-D shapes slowly: (3, 3, 8, 16) took 5.5-6.8 s on the AVX2
+    machine, (72, 16) 0.4 s; eleven conv kernels, 26.3 s against 7.6 s.
+    """
+    fan_in = math.prod(shape[:-1])
+    return nnx.initializers.lecun_normal()(key, (fan_in, shape[-1]), dtype).reshape(shape)
+
+
 class ConvBlock(nnx.Module):
     """`convs` × (3×3 conv → BatchNorm → ReLU), then 2×2 max-pool and dropout."""
 
     def __init__(self, in_ch: int, out_ch: int, convs: int, dropout: float, *, rngs: nnx.Rngs):
         chans = [in_ch] + [out_ch] * convs
         self.convs = nnx.List(
-            [nnx.Conv(a, b, (3, 3), padding="SAME", use_bias=False, rngs=rngs) for a, b in zip(chans, chans[1:])]
+            [
+                nnx.Conv(a, b, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_kernel_init, rngs=rngs)
+                for a, b in zip(chans, chans[1:])
+            ]
         )
         self.norms = nnx.List([nnx.BatchNorm(out_ch, momentum=0.9, rngs=rngs) for _ in range(convs)])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
