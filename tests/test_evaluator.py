@@ -13,7 +13,7 @@ import pytest
 from helpers_train import SHAPE_CLASSES, make_shape_folder, shapes_models
 from test_figures import mcnemar_by_hand
 
-from broker.pubsub import delete_topology, ensure_topology
+from broker.pubsub import EMULATOR_PROJECT, Topology, delete_topology, ensure_topology
 from results import metrics
 from tests.conftest import REPO, ServerProcess, delete_subscription, fresh_topology
 
@@ -86,12 +86,32 @@ def test_your_folder_dataset_through_the_real_serving_path(serving_a, shapes, co
 
 @pytest.mark.emulator
 @pytest.mark.timeout(400)
-def test_two_models_on_one_stream(emulator, suffix, shapes, tmp_path):
+def test_two_models_on_one_stream(serving_a, shapes, tmp_path):
+    """Model a's running server on the requests subscription, model b's on its own subscription of the same topic
+    (`--compare` names it: the configured name + "-compare"), both already running (`--server external`)."""
+    from configs import load_config
+    from streamer.session import COMPARE
+
     images, model_a, model_b = shapes
-    proc = run_streamer(
-        "--dataset", f"folder:{images}", "--model", str(model_a), "--compare", str(model_b),
-        "--topic-suffix", suffix, "--rate", "0", "--reports-dir", str(tmp_path),
-    )  # fmt: skip
+    topo = fresh_topology(serving_a)
+    broker = load_config(None, "stream.py").broker
+    compare = broker.requests_subscription + COMPARE
+    compare_topo = Topology.from_names(
+        EMULATOR_PROJECT, {**broker.to_dict(), "requests_subscription": compare}, serving_a
+    )
+    server_b = ServerProcess(serving_a, model_b, "--subscription", compare)
+    try:
+        server_b.wait_ready()
+        delete_subscription(topo.results_subscription_path)  # the run makes it anew: it sees only its own results
+        proc = run_streamer(
+            "--dataset", f"folder:{images}", "--model", str(model_a), "--compare", str(model_b),
+            "--server", "external", "--topic-suffix", serving_a, "--rate", "0", "--reports-dir", str(tmp_path),
+        )  # fmt: skip
+    finally:
+        server_b.kill()
+        # later runs on this topic must not feed a subscription nobody serves
+        delete_subscription(compare_topo.requests_subscription_path)
+        delete_subscription(topo.results_subscription_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = only_report(tmp_path)
     cmp, b = report["compare"], report["compare"]["b"]
