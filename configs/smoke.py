@@ -6,8 +6,9 @@ Runtime:   by machine kind, 2 CPU cores each:
              and 97 s wall, 28 and 33 CPU-seconds, so 15-33 s on an idle machine (1 or 2 busy cores).
            - XLA_FLAGS=--xla_cpu_max_isa=AVX2, same machine: the same, two whole runs of 65 and 42 s wall,
              36 and 30 CPU-seconds.
-           - a real AVX2 machine: 2-4 minutes, extrapolated at 6.6x the AVX-512 time (the default recipe's
-             ratio there).
+           - a real AVX2 machine (2-core AMD EPYC), idle: 28 s wall, 36 CPU-seconds (34 s before conv
+             kernels were drawn as matrices, train/model.py: conv_kernel_init); about 1.2-1.5x that inside
+             `make test`, where the other worker shares the cores.
 Accuracy:  meaningless (>10% = it learns something).
 """
 
