@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import pytest
 from helpers_train import SHAPE_CLASSES, make_shape_folder, shapes_models
 from test_figures import mcnemar_by_hand
 
-from broker.pubsub import EMULATOR_PROJECT, Topology, delete_topology, ensure_topology
+from broker.pubsub import EMULATOR_PROJECT, Topology
 from results import metrics
-from tests.conftest import REPO, ServerProcess, delete_subscription, fresh_topology
+from tests.conftest import REPO, ServerProcess, delete_subscription, fresh_topology, metered_server
 
 
 # ------------------------------------------------------------------ your own data through the broker
@@ -29,18 +28,19 @@ def shapes(tmp_path_factory) -> tuple[Path, Path, Path]:
 def serving_a(emulator, shapes) -> Iterator[str]:
     """A ready `python -m server` for model a on its own topology, shared by the runs that only stream to it:
     one server start (imports, model load, warm-up: 8-10 s on the AVX2 machine) instead of one per run.
-    Yields its topic suffix; each run deletes the results subscription before and after (conftest's
-    `shared_suffix`), so it sees only its own results."""
-    suffix = uuid.uuid4().hex[:10]
-    topo = fresh_topology(suffix)
-    ensure_topology(topo)
-    server = ServerProcess(suffix, shapes[1])
-    try:
-        server.wait_ready()
-        yield suffix
-    finally:
-        server.kill()
-        delete_topology(topo)
+    Yields its topic suffix."""
+    with metered_server(shapes[1]) as (server, _, _):
+        yield server.suffix
+
+
+@pytest.fixture
+def a_suffix(serving_a) -> Iterator[str]:
+    """Model a's server for one run: the results subscription is deleted before and after (the run makes it
+    anew, as conftest's `shared_suffix` does), so the run sees only its own results."""
+    results = fresh_topology(serving_a).results_subscription_path
+    delete_subscription(results)
+    yield serving_a
+    delete_subscription(results)
 
 
 def run_streamer(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -57,19 +57,16 @@ def only_report(folder: Path) -> dict:
 @pytest.mark.emulator
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("content_type", ["raw", "png"])
-def test_your_folder_dataset_through_the_real_serving_path(serving_a, shapes, content_type, tmp_path):
+def test_your_folder_dataset_through_the_real_serving_path(a_suffix, shapes, content_type, tmp_path):
     from streamer.datasets import load_dataset
     from train.checkpoint import load_metadata
     from train.evaluate import evaluate_model
 
     images, model, _ = shapes
-    results = fresh_topology(serving_a).results_subscription_path
-    delete_subscription(results)  # the run makes it anew: it sees only its own results
     proc = run_streamer(
         "--dataset", f"folder:{images}", "--model", str(model), "--content-type", content_type,
-        "--server", "external", "--topic-suffix", serving_a, "--rate", "0", "--reports-dir", str(tmp_path),
+        "--server", "external", "--topic-suffix", a_suffix, "--rate", "0", "--reports-dir", str(tmp_path),
     )  # fmt: skip
-    delete_subscription(results)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = only_report(tmp_path)
     test = load_dataset(f"folder:{images}", load_metadata(model))
@@ -86,32 +83,29 @@ def test_your_folder_dataset_through_the_real_serving_path(serving_a, shapes, co
 
 @pytest.mark.emulator
 @pytest.mark.timeout(400)
-def test_two_models_on_one_stream(serving_a, shapes, tmp_path):
+def test_two_models_on_one_stream(a_suffix, shapes, tmp_path):
     """Model a's running server on the requests subscription, model b's on its own subscription of the same topic
     (`--compare` names it: the configured name + "-compare"), both already running (`--server external`)."""
     from configs import load_config
     from streamer.session import COMPARE
 
     images, model_a, model_b = shapes
-    topo = fresh_topology(serving_a)
     broker = load_config(None, "stream.py").broker
     compare = broker.requests_subscription + COMPARE
     compare_topo = Topology.from_names(
-        EMULATOR_PROJECT, {**broker.to_dict(), "requests_subscription": compare}, serving_a
+        EMULATOR_PROJECT, {**broker.to_dict(), "requests_subscription": compare}, a_suffix
     )
-    server_b = ServerProcess(serving_a, model_b, "--subscription", compare)
+    server_b = ServerProcess(a_suffix, model_b, "--subscription", compare)
     try:
         server_b.wait_ready()
-        delete_subscription(topo.results_subscription_path)  # the run makes it anew: it sees only its own results
         proc = run_streamer(
             "--dataset", f"folder:{images}", "--model", str(model_a), "--compare", str(model_b),
-            "--server", "external", "--topic-suffix", serving_a, "--rate", "0", "--reports-dir", str(tmp_path),
+            "--server", "external", "--topic-suffix", a_suffix, "--rate", "0", "--reports-dir", str(tmp_path),
         )  # fmt: skip
     finally:
         server_b.kill()
         # later runs on this topic must not feed a subscription nobody serves
         delete_subscription(compare_topo.requests_subscription_path)
-        delete_subscription(topo.results_subscription_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = only_report(tmp_path)
     cmp, b = report["compare"], report["compare"]["b"]
