@@ -7,8 +7,9 @@
             with each batching policy (fixed, adaptive), on fresh servers, alternating which goes first;
             the client's and the server's CPU from the first publish to the last result. The adaptive
             policy's median (the default) is the capacity.
-  sweep     one server per policy offered 10-110% of that capacity, every point repeated (the repeats
-            interleaved, so a burst of load from elsewhere spreads over the points).
+  sweep     one server per policy offered 10-110% of that capacity, every point repeated, the policies
+            taking turns point by point (so a burst of load from elsewhere spreads over the points, and
+            the machine's drift over both policies).
   streams   --streams 1..256 at the lowest fraction, server and echo floor at each count, taking turns.
 
 The sweeps run in this process (bench.stages.timed_run: the streamer's own publish_dataset and a
@@ -162,25 +163,33 @@ def served(kind: str, policy: str, warm_up: np.ndarray):
 
 
 def rate_sweep(s: dict, cap: float, images: np.ndarray) -> dict:
-    """One server per batching policy offered each fraction of `cap`; the repeats interleaved."""
+    """One server per batching policy offered each fraction of `cap`, the policies taking turns point by point.
+
+    Both servers are up for the whole sweep and each goes first as often: run one policy's sweep after
+    the other's, the AVX2 machine's speed drifted between them (it drifts up to 1.7x within an hour,
+    docs/benchmarks.md), and that drift was in the comparison.
+    """
     from tqdm import tqdm
 
     timed, warm = images[: s["images_per_point"]], images[-s["warm_up"] :] if s["warm_up"] else images[:0]
-    out = {"capacity": cap, "policies": {}}
-    with tqdm(
-        total=len(s["sweep_policies"]) * s["repeats"] * len(s["fractions"]), desc="rate sweep", unit="point"
-    ) as bar:
-        for policy in s["sweep_policies"]:
-            runs: dict[float, list[dict]] = {f: [] for f in s["fractions"]}
-            with served("server", policy, warm) as topo:
-                for _ in range(s["repeats"]):
-                    for f in s["fractions"]:
-                        runs[f].append(timed_point(topo, timed, round(f * cap, 1), s["streams"]))
-                        bar.set_postfix_str(f"{policy} {f:.0%}: p99 {runs[f][-1]['latency_ms']['p99']:.0f} ms")
-                        bar.update()
-            out["policies"][policy] = [
-                {"fraction": f, "rate": round(f * cap, 1), **summary(points)} for f, points in runs.items()
-            ]
+    policies = tuple(s["sweep_policies"])
+    runs: dict[str, dict[float, list[dict]]] = {policy: {f: [] for f in s["fractions"]} for policy in policies}
+    with (
+        tqdm(total=len(policies) * s["repeats"] * len(s["fractions"]), desc="rate sweep", unit="point") as bar,
+        contextlib.ExitStack() as stack,
+    ):
+        topos = {policy: stack.enter_context(served("server", policy, warm)) for policy in policies}
+        for repeat in range(s["repeats"]):
+            for i, f in enumerate(s["fractions"]):
+                for policy in policies if (repeat + i) % 2 == 0 else policies[::-1]:
+                    runs[policy][f].append(timed_point(topos[policy], timed, round(f * cap, 1), s["streams"]))
+                    bar.set_postfix_str(f"{policy} {f:.0%}: p99 {runs[policy][f][-1]['latency_ms']['p99']:.0f} ms")
+                    bar.update()
+    out = {"capacity": cap, "interleaved": True, "policies": {}}
+    for policy in policies:
+        out["policies"][policy] = [
+            {"fraction": f, "rate": round(f * cap, 1), **summary(points)} for f, points in runs[policy].items()
+        ]
     # the default policy's curve is the sweep's
     out["points"] = out["policies"][load_config(None, "stream.py").server.batching]
     return out
