@@ -117,6 +117,26 @@ def test_a_batch_over_its_budget_halves_the_limit():
     assert policy.limit == 4  # never below the smallest bucket
 
 
+def test_backing_off_stops_at_the_smallest_bucket_that_keeps_up_with_arrivals():
+    """On a contended machine every batch overran the 25 ms budget; halving down to 4 left the server unable to
+    keep up, and the queue, not the batch, took the objective."""
+    slow = {4: 0.011, 8: 0.013, 12: 0.015, 20: 0.018, 28: 0.030, 40: 0.036, 64: 0.050, 100: 0.072, 128: 0.090}
+    policy = AdaptiveBatching(BUCKETS, SLO_S, MAX_WAIT_S, {**slow, 256: 0.180})
+    feed_rate(policy, 750, 2.0, step=0.004)  # 3 every 4 ms
+    # 750 img/s at 80% busy needs 938 img/s: 12 runs 800 (12 / 15 ms), 20 runs 1,111
+    assert policy.floor(2.0) == 20
+    policy.limit = 64
+    assert policy.done(64, 64, 0.050, queued=64, now=2.0) == "down" and policy.limit == 28  # halved: 32 -> 28
+    assert policy.done(28, 28, 0.030, queued=28, now=2.0) == "down" and policy.limit == 20  # 14 -> the floor
+    assert policy.done(20, 20, 0.030, queued=20, now=2.0) is None and policy.limit == 20  # no lower (20: 980 img/s now)
+    policy.limit = 4
+    assert policy.done(4, 4, 0.011, queued=4, now=2.0) == "up" and policy.limit == 20  # arrivals outgrew it
+    # Without arrivals the floor is the smallest bucket, and backing off goes all the way down.
+    assert policy.floor(10.0) == 4
+    policy.limit = 28
+    assert policy.done(28, 28, 0.030, queued=28, now=10.0) == "down" and policy.limit == 12
+
+
 def test_behind_the_limit_goes_to_the_cheapest_bucket_per_image_whatever_its_batch_time():
     costs = {**COSTS, 256: 0.026, 100: 0.012}  # 256: over the 25 ms budget, but 9,846 img/s, the cheapest per image
     policy = AdaptiveBatching(BUCKETS, SLO_S, MAX_WAIT_S, costs)
