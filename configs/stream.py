@@ -42,8 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
             latency_slo_ms=50.0,
             max_batch_size=256,
             max_wait_ms=4.0,  # fixed: the batching window; adaptive: the longest it waits to fill padding
-            # Padded batch sizes, all compiled at start. No 16 or 32: XLA on this CPU runs those
-            # 3-4x slower per image than 12, 20 or 28 (docs/benchmarks.md).
+            # Padded batch sizes, all compiled at start. No 16 or 32: XLA on the AVX-512 machine runs
+            # those 3-4x slower per image than 12, 20 or 28, and 32 on the AVX2 one 2.6x slower than 28
+            # (816 against 2,115 img/s; docs/benchmarks.md).
             buckets=(4, 8, 12, 20, 28, 40, 64, 100, 128, 256),
             pull_max_messages=1000,
             pull_threads=1,
