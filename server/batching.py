@@ -53,9 +53,9 @@ COST_WEIGHT = 0.2
 # Time constant of the arrival-rate estimate: at 200 img/s it averages over ~40 arrivals and
 # follows a change of rate within a few tenths of a second.
 RATE_TAU_S = 0.2
-# The share of the compute thread the limit's floor may plan to fill: queueing delay grows as
-# 1 / (1 - busy), so at 0.8 a request waits about four batch times, which the sweep's points
-# show as their p99 (docs/benchmarks.md).
+# The share of the compute thread the limit's floor may plan to fill. A queue's mean time grows as
+# one batch time / (1 - busy): 5 batch times at 0.8, 10 at 0.9; planning for more is planning for a
+# queue the objective cannot afford.
 MAX_BUSY = 0.8
 # How many objectives old a batch's oldest request must be, since it was published, to count as a
 # backlog in the broker. Not one: with ordering keys the broker holds a key's next requests until
