@@ -292,9 +292,17 @@ def shared_suffix(shared_server) -> Iterator[str]:
     anew (ensure_topology), so the run sees only results published after it started, not every earlier test's.
     """
     assert shared_server.server.proc.poll() is None, "the shared server died in an earlier test"
-    delete_subscription(shared_server.topology.results_subscription_path)
-    yield shared_server.server.suffix
-    delete_subscription(shared_server.topology.results_subscription_path)
+    with own_results(shared_server.topology.results_subscription_path):
+        yield shared_server.server.suffix
+
+
+@contextlib.contextmanager
+def own_results(results_subscription: str) -> Iterator[None]:
+    """A streamer run's results subscription deleted before and after it: the run makes it anew (ensure_topology),
+    so it sees only results published after it started, not an earlier run's on the same topology."""
+    delete_subscription(results_subscription)
+    yield
+    delete_subscription(results_subscription)
 
 
 # ----------------------------------------------------------------- helpers

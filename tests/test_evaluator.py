@@ -14,7 +14,7 @@ from test_figures import mcnemar_by_hand
 
 from broker.pubsub import EMULATOR_PROJECT, Topology
 from results import metrics
-from tests.conftest import REPO, ServerProcess, delete_subscription, fresh_topology, metered_server
+from tests.conftest import REPO, ServerProcess, delete_subscription, fresh_topology, metered_server, own_results
 
 
 # ------------------------------------------------------------------ your own data through the broker
@@ -35,12 +35,9 @@ def serving_a(emulator, shapes) -> Iterator[str]:
 
 @pytest.fixture
 def a_suffix(serving_a) -> Iterator[str]:
-    """Model a's server for one run: the results subscription is deleted before and after (the run makes it
-    anew, as conftest's `shared_suffix` does), so the run sees only its own results."""
-    results = fresh_topology(serving_a).results_subscription_path
-    delete_subscription(results)
-    yield serving_a
-    delete_subscription(results)
+    """Model a's server for one run, which sees only its own results (conftest's `own_results`)."""
+    with own_results(fresh_topology(serving_a).results_subscription_path):
+        yield serving_a
 
 
 def run_streamer(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
